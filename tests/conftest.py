@@ -68,3 +68,70 @@ def _write_handmade_refer(root: Path) -> Path:
 def handmade_refer(tmp_path: Path) -> Path:
     """Data root with a hand-written ``refcoco`` dataset (polygon and RLE segmentations)."""
     return _write_handmade_refer(tmp_path / "data")
+
+
+# ---------------------------------------------------------------------------------------------- RIS training data
+def make_tiny_ris_data(root: Path, n_train_images: int = 10, n_eval_images: int = 2, height: int = 24,
+                       width: int = 32) -> dict:
+    """A tiny learnable REFER dataset ``tinyref`` plus a pseudo-label dataset ``tinyref_pseudo`` over its images.
+
+    Each image (grey noise background) holds a red square on the left and a blue square on the right; human refs
+    say "the red square on the left" / "blue square" etc.; splits: train (``n_train_images`` images), val and
+    testA (``n_eval_images`` each). The pseudo dataset (split_by ``pseudo``, images referenced by absolute path)
+    has one ref per train object with 4 captions. Written with the shared writer (``write_refer_dataset``).
+    """
+    from pseudo_ris.data.masks import mask_to_rle
+    from pseudo_ris.data.refer import make_sentence, write_refer_dataset
+
+    rng = np.random.default_rng(0)
+    image_dir = root / "images" / "tiny"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, anns, refs, pseudo_refs = [], [], [], []
+    splits = ["train"] * n_train_images + ["val"] * n_eval_images + ["testA"] * n_eval_images
+    sent_id = 0
+    for image_id, split in enumerate(splits):
+        pixels = rng.integers(90, 160, (height, width, 3), dtype=np.uint8)
+        side = int(rng.integers(5, 9))
+        boxes = {"red": (int(rng.integers(1, width // 2 - side)), int(rng.integers(1, height - side))),
+                 "blue": (int(rng.integers(width // 2, width - side)), int(rng.integers(1, height - side)))}
+        colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+        for colour, (x, y) in boxes.items():
+            pixels[y:y + side, x:x + side] = colours[colour]
+            mask = np.zeros((height, width), bool)
+            mask[y:y + side, x:x + side] = True
+            ann_id = len(anns)
+            anns.append({"id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": mask_to_rle(mask),
+                         "area": float(mask.sum()), "bbox": [x, y, side, side], "iscrowd": 0})
+            where = "left" if colour == "red" else "right"
+            texts = [f"the {colour} square on the {where}", f"{colour} square"]
+            sents = [make_sentence(sent_id + k, t) for k, t in enumerate(texts)]
+            refs.append({"ref_id": ann_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+                         "sent_ids": [s["sent_id"] for s in sents], "sentences": sents})
+            sent_id += len(sents)
+            if split == "train":
+                caps = [f"a {colour} square", f"the {where} square", f"{colour} shape", f"a square on the {where}"]
+                psents = [make_sentence(1000 + sent_id + k, t) for k, t in enumerate(caps)]
+                pseudo_refs.append({"ref_id": 5000 + ann_id, "ann_id": ann_id, "image_id": image_id,
+                                    "split": "train", "sent_ids": [s["sent_id"] for s in psents],
+                                    "sentences": psents})
+                sent_id += len(psents)
+        name = f"{image_id:04d}.png"
+        Image.fromarray(pixels).save(image_dir / name)
+        images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+    categories = [{"id": 1, "name": "square"}]
+    write_refer_dataset(root, "tinyref", split_by="unc", images=images, annotations=anns, categories=categories,
+                        refs=refs, image_dir="../images/tiny")
+    pseudo_root = root / "pseudo"
+    train_ids = {r["image_id"] for r in pseudo_refs}
+    write_refer_dataset(pseudo_root, "tinyref_pseudo", split_by="pseudo",
+                        images=[i for i in images if i["id"] in train_ids],
+                        annotations=[a for a in anns if a["image_id"] in train_ids], categories=categories,
+                        refs=pseudo_refs, image_dir=str(image_dir.resolve()))
+    return {"data_root": root, "dataset": "tinyref", "pseudo_root": pseudo_root, "pseudo_name": "tinyref_pseudo",
+            "n_train_images": n_train_images, "n_eval_images": n_eval_images}
+
+
+@pytest.fixture
+def tiny_ris_data(tmp_path: Path) -> dict:
+    """See ``make_tiny_ris_data``: human ``tinyref`` + pseudo ``tinyref_pseudo`` on 24x32 images."""
+    return make_tiny_ris_data(tmp_path / "ris_data")

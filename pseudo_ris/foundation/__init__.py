@@ -1,0 +1,27 @@
+"""SynthRef foundation models: the stand-ins for SAM and CoCa/CLIP that cannot be downloaded here (DESIGN 2).
+
+- `train_sam(cfg) -> path`: tiny SAM from segment_anything's modules, prompts on generated scenes (DESIGN 7);
+- `train_coca(cfg) -> path`: tiny open_clip CoCa on object crops with generic captions (DESIGN 6); its contrastive
+  head is the CLIP scorer of DoC filtering;
+- `ensure_foundation_models(cache_dir, retrain=False) -> {"sam": path, "coca": path}`: the weights shipped in
+  ``pseudo_ris/assets/foundation`` or, with ``retrain=True``, weights trained anew into ``cache_dir`` (cached by
+  recipe hash, resumable);
+- `evaluate_sam` / `evaluate_coca`: quality reports on held-out scenes.
+"""
+
+from __future__ import annotations
+
+from .config import CocaTrainConfig, GenericCaptionConfig, SamTrainConfig
+from .evaluate import evaluate_coca, evaluate_sam
+from .registry import SHIPPED_DIR, ensure_foundation_models, shipped_paths
+from .sam_training import train_sam
+
+
+def train_coca(*args, **kwargs):
+    """Lazy wrapper (the CoCa trainer imports open_clip)."""
+    from .coca_training import train_coca as _train
+    return _train(*args, **kwargs)
+
+
+__all__ = ["CocaTrainConfig", "GenericCaptionConfig", "SHIPPED_DIR", "SamTrainConfig", "ensure_foundation_models",
+           "evaluate_coca", "evaluate_sam", "shipped_paths", "train_coca", "train_sam"]

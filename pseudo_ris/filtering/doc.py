@@ -1,0 +1,122 @@
+"""Distinctiveness-based text filtering: DoC, uniqueness, correctness, and the keep policies.
+
+arXiv 2407.07412, Sec. 3.2 (distinctiveness-based text filtering), as stated in DESIGN 1.5: for an image with masks
+1..N and a candidate caption c of mask m, with M[j] = CLIP logit(masked crop of j, "a photo of a n(c)") and
+C[j] = CLIP logit(margin-1.2 crop of j, c):
+
+    DoC(c)        = M[m] C[m] / max_{j != m} M[j] C[j]
+    uniqueness(c) = C[m] / max_{j != m} C[j]
+    correctness(c)= M[m]
+
+and a caption is kept when DoC(c) > threshold (1 by default). The ratios assume positive scores, as real CLIP gives.
+``score_transform="exp"`` replaces every score s by exp(s) (positive and monotone), for small scorers whose cosines can
+be negative; then DoC = exp(M[m] + C[m] - max_{j != m}(M[j] + C[j])) and the logit scale no longer cancels (it acts
+as a temperature). Images with a single mask have no other mask to compare with: DoC and uniqueness are undefined
+(None) and only correctness is available; the ``single_mask`` policy decides what is kept there.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+SCORE_TRANSFORMS = ("logit", "exp")
+FALLBACKS = ("random", "drop", "topk")
+SINGLE_MASK_POLICIES = ("all", "topk", "drop")
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0.0:
+        return math.inf if num > 0 else (-math.inf if num < 0 else math.nan)
+    return num / den
+
+
+def doc_scores(M: Sequence[float], C: Sequence[float], m: int,
+               transform: str = "logit") -> tuple[float | None, float | None, float]:
+    """(DoC, uniqueness, correctness) of a caption of mask ``m`` given its scores against all masks ``M[N], C[N]``."""
+    if transform not in SCORE_TRANSFORMS:
+        raise ValueError(f"score_transform must be one of {SCORE_TRANSFORMS}, got {transform!r}")
+    M = np.asarray(M, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    if M.shape != C.shape or M.ndim != 1 or not 0 <= m < len(M):
+        raise ValueError(f"doc_scores: M {M.shape} and C {C.shape} must be [N] and 0 <= m={m} < N")
+    correctness = float(M[m])
+    if len(M) == 1:
+        return None, None, correctness
+    others = np.arange(len(M)) != m
+    if transform == "exp":  # exp(a)exp(b)/max exp(..) computed in log space: no overflow
+        doc = math.exp(min(700.0, float(M[m] + C[m] - (M[others] + C[others]).max())))
+        uniq = math.exp(min(700.0, float(C[m] - C[others].max())))
+        return doc, uniq, correctness
+    doc = _ratio(float(M[m] * C[m]), float((M[others] * C[others]).max()))
+    uniq = _ratio(float(C[m]), float(C[others].max()))
+    return doc, uniq, correctness
+
+
+@dataclass(frozen=True)
+class FilterPolicy:
+    """Which candidates of one mask are kept.
+
+    threshold/key: keep candidates with ``key`` (``doc`` or ``uniqueness``) > threshold (paper: DoC > 1).
+    fallback: when none pass: ``random`` (one random candidate, the official behaviour), ``drop`` (the mask gets no
+    ref), ``topk`` (the ``topk`` best by ``key``).
+    single_mask: images with one mask (no DoC): ``all`` candidates, ``topk`` by correctness, or ``drop``.
+    seed: random fallback draws are a pure function of (seed, image, mask), so re-filtering is reproducible.
+    """
+
+    threshold: float = 1.0
+    key: str = "doc"
+    fallback: str = "random"
+    topk: int = 1
+    single_mask: str = "topk"
+    single_mask_topk: int = 3
+    score_transform: str = "logit"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        if self.single_mask not in SINGLE_MASK_POLICIES:
+            raise ValueError(f"single_mask must be one of {SINGLE_MASK_POLICIES}, got {self.single_mask!r}")
+        if self.key not in ("doc", "uniqueness"):
+            raise ValueError(f"key must be doc or uniqueness, got {self.key!r}")
+        if self.score_transform not in SCORE_TRANSFORMS:
+            raise ValueError(f"score_transform must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
+
+
+def rescore(row: dict[str, Any], transform: str) -> dict[str, Any]:
+    """Recompute a stored candidate's DoC / uniqueness / correctness from its ``M_all``/``C_all`` vectors."""
+    doc, uniq, corr = doc_scores(row["M_all"], row["C_all"], int(row["mask_index"]), transform)
+    return {**row, "doc": doc, "uniqueness": uniq, "correctness": corr}
+
+
+def _sort_key(value: float | None) -> float:
+    return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def select_candidates(rows: Sequence[dict[str, Any]], policy: FilterPolicy, group_key: str = "") -> tuple[list[int], str]:
+    """Indices of ``rows`` (all candidates of one mask, already scored) that are kept, and why:
+    ``pass`` (threshold), ``fallback_random`` / ``fallback_topk``, ``single_mask``, or ``dropped``."""
+    if not rows:
+        return [], "dropped"
+    if rows[0].get("doc") is None:  # single-mask image: correctness only
+        if policy.single_mask == "drop":
+            return [], "dropped"
+        order = sorted(range(len(rows)), key=lambda i: -_sort_key(rows[i]["correctness"]))
+        keep = order if policy.single_mask == "all" else order[: policy.single_mask_topk]
+        return sorted(keep), "single_mask"
+    passed = [i for i, r in enumerate(rows) if _sort_key(r[policy.key]) > policy.threshold]
+    if passed:
+        return passed, "pass"
+    if policy.fallback == "drop":
+        return [], "dropped"
+    if policy.fallback == "random":
+        rng = random.Random(zlib.crc32(f"{policy.seed}:{group_key}".encode()))
+        return [rng.randrange(len(rows))], "fallback_random"
+    order = sorted(range(len(rows)), key=lambda i: -_sort_key(rows[i][policy.key]))
+    return sorted(order[: policy.topk]), "fallback_topk"

@@ -1,0 +1,104 @@
+"""Train the tiny CoCa captioner / CLIP scorer on object crops with generic captions (DESIGN 2 and 6).
+
+Losses (CoCa, Yu et al. 2022; open_clip's CoCaLoss): captioning cross-entropy with teacher forcing, plus a
+contrastive image-text loss. Generic captions repeat a lot ("a circle" is true of every circle), so plain InfoNCE
+would push apart an image and a caption that describes it correctly; the contrastive target is therefore
+multi-positive: caption j is a positive of crop i when it states nothing false about i's object (uniform target
+over the positives, both directions). That is what the DoC filter asks of the scorer: for a fixed text, score the
+objects it fits above the others (arXiv 2407.07412, Sec. 3.3).
+
+Crops are the generator's own four views (`pseudo_ris.crops.make_views`), one random view per object, so training
+and pseudo-labelling see the same pixels. The contrastive text is sometimes rewritten to the DoC correctness prompt
+"a photo of a {noun phrase}" so the scorer understands the prompt it is queried with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import CocaTrainConfig, GenericCaptionConfig, config_dict, config_hash, make_config
+from .data import caption_vocabulary, coca_batch, compatible, scene_at, scene_rng
+from .loop import cosine_lr, run_loop, write_recipe
+
+WEIGHTS_NAME = "{arch}.pt"
+CONTEXT_LENGTH = 32
+
+
+def synthref_tokenizer(context_length: int = CONTEXT_LENGTH):
+    """The word tokenizer of the SynthRef captioner: every caption/prompt word, all concepts included."""
+    from ..captioning.tokenizer import WordTokenizer
+    return WordTokenizer(caption_vocabulary(), context_length=context_length)
+
+
+def multi_positive_contrastive(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                               positives: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with a uniform target over each row's positives (``positives [B_img, B_txt]`` bool)."""
+    logits = logit_scale * image_features @ text_features.t()
+    pos = positives.float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    t2i = -(pos.t() / pos.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+def coca_step_loss(bundle: Any, images: torch.Tensor, captions: list[str], texts: list[str],
+                   positives: torch.Tensor, caption_weight: float, clip_weight: float) -> dict[str, torch.Tensor]:
+    """Caption CE (pads ignored) + multi-positive contrastive loss of one batch."""
+    model, tok = bundle.model, bundle.tokenizer
+    pixels = bundle.preprocess(images)
+    cap_ids = tok.encode(captions)
+    out = model(pixels, cap_ids)
+    caption_loss = F.cross_entropy(out["logits"].permute(0, 2, 1), out["labels"], ignore_index=tok.pad_id)
+    if texts == captions:
+        text_features = out["text_features"]
+    else:
+        text_features = model.encode_text(tok.encode(texts), normalize=True)
+    clip_loss = multi_positive_contrastive(out["image_features"], text_features, out["logit_scale"], positives)
+    loss = caption_weight * caption_loss + clip_weight * clip_loss
+    return {"loss": loss, "caption": caption_loss.detach(), "contrastive": clip_loss.detach(),
+            "logit_scale": out["logit_scale"].detach()}
+
+
+def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = "outputs/foundation/coca",
+               progress: bool = True, **overrides: Any) -> Path:
+    """Train (or resume) the tiny CoCa; returns a checkpoint loadable by ``load_coca(arch, pretrained=path)``."""
+    from ..captioning.coca import load_coca, save_coca_checkpoint
+
+    cfg = make_config(CocaTrainConfig, cfg, **overrides)
+    caption_cfg = make_config(GenericCaptionConfig, cfg.captions or None)
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    bundle = load_coca(cfg.arch, tokenizer=synthref_tokenizer())
+    model = bundle.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        rng = scene_rng("coca_sampling", cfg.seed, step)
+        scenes = (scene_at("coca_train", cfg.seed, step * 1000 + i, cfg.scene) for i in range(1000))
+        batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size, cfg.objects_per_scene, caption_cfg,
+                           cfg.prompt_text_prob)
+        positives = compatible(batch.stated, batch.objects)
+        terms = coca_step_loss(bundle, batch.images, batch.captions, batch.texts, positives,
+                               cfg.caption_loss_weight, cfg.clip_loss_weight)
+        return terms
+
+    def clamp_scale() -> None:
+        with torch.no_grad():  # open_clip's training clamps the temperature at 100 (ln 100 = 4.6052)
+            model.logit_scale.clamp_(0, 4.6052)
+
+    summary = run_loop(name="coca", out_dir=out_dir, model=model, optimizer=optimizer, steps=cfg.steps,
+                       recipe_hash=config_hash(cfg), step_fn=step_fn, checkpoint_every=cfg.checkpoint_every,
+                       grad_clip=cfg.grad_clip, params=params, progress=progress, after_step=clamp_scale,
+                       lr_at=lambda s: cosine_lr(s, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
+    model.eval()
+    path = out_dir / WEIGHTS_NAME.format(arch=cfg.arch)
+    save_coca_checkpoint(bundle, path)
+    write_recipe(out_dir, "coca", config_dict(cfg), config_hash(cfg), summary, path.name)
+    return path

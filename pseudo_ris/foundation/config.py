@@ -1,0 +1,122 @@
+"""Training recipes of the SynthRef foundation models as plain dataclasses.
+
+The defaults here are the recipe that produced the weights shipped in ``pseudo_ris/assets/foundation`` (the exact
+values used are also stored next to the weights), so ``ensure_foundation_models(retrain=True)`` reproduces the
+shipped recipe without reading any file outside the package. ``conf/foundation.yaml`` mirrors these values for the
+command line; a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from ..data.errors import PseudoRISError
+
+
+class FoundationConfigError(PseudoRISError):
+    """A foundation-model config has an unknown key or an invalid value."""
+
+
+@dataclass
+class SamTrainConfig:
+    """Tiny SAM trained with point/box prompts on generated scenes (DESIGN 7)."""
+
+    arch: str = "tiny"                 # key of pseudo_ris.masks.sam.build_sam
+    steps: int = 5000
+    seed: int = 0
+    batch_images: int = 12
+    prompts_per_image: int = 8
+    background_prob: float = 0.15      # points off every object: target empty mask, predicted IoU 0
+    box_prob: float = 0.2              # box prompts (trained on the single-mask output)
+    box_jitter: float = 0.1            # box corners moved by up to this fraction of the box side
+    lr: float = 8e-4
+    min_lr_frac: float = 0.05          # cosine decay ends at lr * min_lr_frac
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    balanced_bce_frac: float = 0.35    # first fraction of steps: class-balanced BCE + dice, then plain BCE + dice
+    iou_loss_weight: float = 1.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    scene: dict = field(default_factory=dict)  # overrides of the SynthRef scene config
+
+
+@dataclass
+class CocaTrainConfig:
+    """Tiny CoCa trained on object crops with generic captions (DESIGN 6)."""
+
+    arch: str = "coca_synthref"   # project model config name for pseudo_ris.captioning.coca.load_coca
+    steps: int = 2500
+    seed: int = 0
+    batch_size: int = 64
+    objects_per_scene: int = 4         # crops drawn from one scene per batch slot group
+    lr: float = 1e-3
+    min_lr_frac: float = 0.05
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    caption_loss_weight: float = 1.0
+    clip_loss_weight: float = 1.0
+    prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
+    scene: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenericCaptionConfig:
+    """How generic (non-distinctive) captions are drawn: attributes kept independently of the scene."""
+
+    size_prob: float = 0.3
+    colour_prob: float = 0.4
+    # template -> weight; {np} is the noun phrase "[size] [colour] shape"; every template keeps the shape as head noun
+    templates: dict = field(default_factory=lambda: {
+        "{a} {np}": 0.7,
+        "the {np}": 0.15,
+        "{a} {np} in the picture": 0.15,
+    })
+
+
+C = TypeVar("C")
+
+
+def make_config(cls: type[C], cfg: Any = None, **overrides: Any) -> C:
+    """Build ``cls`` from None / a dataclass / a mapping (DictConfig included), rejecting unknown keys by name."""
+    if cfg is None:
+        values: dict = {}
+    elif dataclasses.is_dataclass(cfg):
+        values = dataclasses.asdict(cfg)
+    elif isinstance(cfg, Mapping) or hasattr(cfg, "items"):
+        values = {str(k): _plain(v) for k, v in cfg.items()}
+    else:
+        raise FoundationConfigError(f"cannot build {cls.__name__} from {type(cfg).__name__}")
+    values.update(overrides)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FoundationConfigError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dict/list so configs hash and pickle the same way."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return value
+
+
+def config_dict(cfg: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+
+
+def config_hash(cfg: Any, ignore: tuple[str, ...] = ("checkpoint_every",)) -> str:
+    """Stable short hash of a recipe; keys that do not change the trained weights are ignored."""
+    values = {k: v for k, v in config_dict(cfg).items() if k not in ignore}
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]

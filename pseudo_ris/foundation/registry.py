@@ -1,0 +1,72 @@
+"""Where foundation weights come from: shipped inside the package, or trained into a user cache on request.
+
+The shipped files were trained once with the recipe recorded next to them (``recipe.json`` per model and
+README.md); ``retrain=True`` reruns that recipe (or a given one) into ``<cache_dir>/<model>-<recipe hash>/``, so a
+changed recipe never reuses stale weights and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data.errors import PseudoRISError
+from .config import CocaTrainConfig, SamTrainConfig, config_hash, make_config
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "foundation"
+SHIPPED_FILES = {"sam": "sam_tiny.pt", "coca": "coca_synthref.pt"}
+
+
+class MissingFoundationWeightsError(PseudoRISError):
+    """The package was installed without its shipped foundation weights."""
+
+
+def shipped_paths() -> dict[str, Path]:
+    """Paths of the shipped weights (raises naming the missing file and the way out)."""
+    paths = {k: SHIPPED_DIR / v for k, v in SHIPPED_FILES.items()}
+    for kind, path in paths.items():
+        if not path.is_file():
+            raise MissingFoundationWeightsError(
+                f"shipped {kind} weights not found at {path}; reinstall the package with its package data, or "
+                "call ensure_foundation_models(cache_dir, retrain=True) to train them here")
+    return paths
+
+
+def shipped_recipe(kind: str) -> dict:
+    """The training config the shipped weights were made with ({} when the record is missing)."""
+    path = SHIPPED_DIR / f"{kind}_recipe.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("config", {})
+
+
+def ensure_foundation_models(cache_dir: str | Path, retrain: bool = False, *, sam: Any = None, coca: Any = None,
+                             progress: bool = True) -> dict[str, Path]:
+    """``{"sam": path, "coca": path}``: shipped weights, or (``retrain``) weights trained into ``cache_dir``.
+
+    ``sam`` / ``coca`` are recipes (dataclass or mapping) used when retraining; by default the shipped recipe.
+    A finished training directory is reused as is (its weights file exists), an unfinished one is resumed.
+    """
+    if not retrain:
+        return shipped_paths()
+    from . import train_coca, train_sam
+
+    cache_dir = Path(cache_dir)
+    out: dict[str, Path] = {}
+    for kind, cls, trainer, given in (("sam", SamTrainConfig, train_sam, sam),
+                                      ("coca", CocaTrainConfig, train_coca, coca)):
+        recipe = make_config(cls, given if given is not None else (shipped_recipe(kind) or None))
+        run_dir = cache_dir / f"{kind}-{config_hash(recipe)}"
+        weights = _finished_weights(run_dir)
+        out[kind] = weights if weights is not None else trainer(recipe, out_dir=run_dir, progress=progress)
+    return out
+
+
+def _finished_weights(run_dir: Path) -> Path | None:
+    """The weights of a finished run (recorded in its recipe.json), else None."""
+    record = run_dir / "recipe.json"
+    if not record.is_file():
+        return None
+    weights = json.loads(record.read_text()).get("weights")
+    return run_dir / weights if weights and (run_dir / weights).is_file() else None

@@ -1,0 +1,198 @@
+"""Per-image pseudo-labelling: masks -> 4 views -> caption candidates -> CLIP scores -> store rows.
+
+The pipeline only sees small interfaces, so SAM / GT / detector masks, any captioner and any CLIP-style scorer plug in:
+
+- ``mask_source(image, image_id, file_name) -> list[ObjectMask]``   (`pseudo_ris.masks`)
+- ``captioner(views [N, V, 3, S, S], seed) -> list[list[candidate]]`` with ``.image_size`` and ``.mean``; a candidate
+  has ``text``, ``view``, ``setting``                                (`CocaCaptioner` wraps `generate_candidates`)
+- ``scorer.image_features / text_features / logits``                 (`pseudo_ris.filtering.ClipScorer`)
+
+Scores follow DESIGN 1.5 (arXiv 2407.07412, Sec. 3.2): for candidate c of mask m, M[j] uses the masked crop of every
+mask j against the noun prompt of c, C[j] the margin-1.2 crop of j against c itself. The full vectors are stored so
+DoC can be recomputed later with another transform or threshold without captioning again.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from pseudo_ris.crops import VIEW_NAMES, make_views
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.refer import load_rgb
+from pseudo_ris.filtering.doc import doc_scores
+from pseudo_ris.filtering.nouns import NounExtractor, noun_prompt
+from pseudo_ris.generation.store import CandidateStore
+from pseudo_ris.masks.source import MaskSource, ObjectMask
+
+MASKED_VIEW, CONTEXT_VIEW = 0, 3  # DESIGN 1.5: M uses the masked crop, C the margin-1.2 crop
+
+
+class Captioner(Protocol):
+    image_size: int
+    mean: Sequence[float]
+
+    def __call__(self, views: torch.Tensor, seed: int) -> list[list[Any]]: ...
+
+
+class CocaCaptioner:
+    """`pseudo_ris.captioning.generate_candidates` behind the `Captioner` interface (seeded per image)."""
+
+    def __init__(self, bundle: Any, settings: Sequence[Any] | None = None, *, batch_size: int = 256,
+                 min_len: int = 5, max_len: int = 30) -> None:
+        from pseudo_ris.captioning import default_settings
+
+        self.bundle = bundle
+        self.settings = list(settings) if settings is not None else default_settings()
+        self.image_size = int(bundle.image_size)
+        self.mean = tuple(bundle.mean)
+        self.kwargs = {"batch_size": batch_size, "min_len": min_len, "max_len": max_len}
+
+    def __call__(self, views: torch.Tensor, seed: int) -> list[list[Any]]:
+        from pseudo_ris.captioning import generate_candidates
+
+        gen = torch.Generator(device=self.bundle.device).manual_seed(seed)
+        return generate_candidates(self.bundle, views, self.settings, generator=gen, **self.kwargs)
+
+
+@dataclass
+class ImageItem:
+    """One image to label. ``key`` is unique within a run (the image id as a string)."""
+
+    image_id: int
+    file_name: str  # relative to the run's image_dir
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return str(self.image_id)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """Per-image seed: results do not depend on shard layout, order or restarts."""
+    return zlib.crc32(f"{seed}:{key}".encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class PseudoLabelPipeline:
+    mask_source: MaskSource
+    captioner: Captioner
+    scorer: Any
+    noun_extractor: NounExtractor
+    score_transform: str = "logit"
+    seed: int = 0
+    prompt_template: str = "a photo of {}"
+
+    def score(self, image: np.ndarray, masks: list[ObjectMask], texts: list[str], mask_of: list[int]
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """M, C as ``[N_masks, K]`` logits for K candidate texts, and each candidate's noun phrase."""
+        views = make_views(image, [m.mask for m in masks], self.scorer.image_size, fill=self.captioner.mean,
+                           margins=(1.2,))
+        img_m = self.scorer.image_features(views[:, 0])
+        img_c = self.scorer.image_features(views[:, 1])
+        nouns = [self.noun_extractor(t).text for t in texts]
+        prompts = [noun_prompt(n, self.prompt_template) for n in nouns]
+        uniq = sorted(set(prompts) | set(texts))
+        index = {t: i for i, t in enumerate(uniq)}
+        txt = self.scorer.text_features(uniq)
+        logits_m = self.scorer.logits(img_m, txt)  # [N, U]
+        logits_c = self.scorer.logits(img_c, txt)
+        M = logits_m[:, [index[p] for p in prompts]].double().cpu().numpy()
+        C = logits_c[:, [index[t] for t in texts]].double().cpu().numpy()
+        return M, C, nouns
+
+    def process(self, image: np.ndarray, item: ImageItem) -> tuple[dict, list[dict]]:
+        """Image row (masks as RLE) and candidate rows for one decoded image."""
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        masks = self.mask_source(image, item.image_id, item.file_name)
+        image_row: dict[str, Any] = {
+            "key": item.key, "image_id": item.image_id, "file_name": item.file_name, "height": h, "width": w,
+            "status": "ok" if masks else "no_masks",
+            "masks": [{"index": i, "rle": m.rle, "bbox": m.bbox, "area": m.area, "score": m.score,
+                       "source": m.source, "category_id": m.meta.get("category_id")} for i, m in enumerate(masks)],
+        }
+        if not masks:
+            image_row["seconds"] = time.perf_counter() - t0
+            return image_row, []
+        views = make_views(image, [m.mask for m in masks], self.captioner.image_size, fill=self.captioner.mean)
+        per_mask = self.captioner(views, image_seed(self.seed, item.key))
+        cands = [(mi, c) for mi, cs in enumerate(per_mask) for c in cs if c.text.strip()]
+        image_row["n_empty_captions"] = sum(len(cs) for cs in per_mask) - len(cands)
+        rows: list[dict] = []
+        if cands:
+            texts = [c.text.strip() for _, c in cands]
+            M, C, nouns = self.score(image, masks, texts, [mi for mi, _ in cands])
+            for k, ((mi, cand), text, noun) in enumerate(zip(cands, texts, nouns)):
+                doc, uniq, corr = doc_scores(M[:, k], C[:, k], mi, self.score_transform)
+                view = int(cand.view)
+                rows.append({
+                    "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "cand_index": k,
+                    "view": view, "view_name": VIEW_NAMES[view] if view < len(VIEW_NAMES) else str(view),
+                    "setting": str(getattr(cand, "setting", "")),
+                    "distinctive": bool(getattr(cand, "distinctive", False)),
+                    "text": text, "noun": noun, "M": float(M[mi, k]), "C": float(C[mi, k]),
+                    "M_all": [float(x) for x in M[:, k]], "C_all": [float(x) for x in C[:, k]],
+                    "doc": doc, "uniqueness": uniq, "correctness": corr, "score_transform": self.score_transform,
+                })
+        image_row["seconds"] = time.perf_counter() - t0
+        return image_row, rows
+
+
+@dataclass
+class RunStats:
+    processed: int = 0
+    skipped_done: int = 0
+    masks: int = 0
+    candidates: int = 0
+    unreadable: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_generation(items: Iterable[ImageItem], pipeline: PseudoLabelPipeline, store: CandidateStore, *,
+                   progress: bool = True, on_image: Callable[[int], None] | None = None,
+                   total: int | None = None) -> RunStats:
+    """Label every item not yet in ``store``; unreadable files are recorded (status ``unreadable``) and skipped.
+
+    ``on_image(n_processed)`` runs after each committed image (tests use it to interrupt a run).
+    """
+    from tqdm.auto import tqdm
+
+    stats = RunStats()
+    start = time.perf_counter()
+    bar = tqdm(items, total=total, disable=not progress, unit="img", desc="pseudo-labels", smoothing=0.1)
+    for item in bar:
+        if store.is_done(item.key):
+            stats.skipped_done += 1
+            continue
+        try:
+            image = load_rgb(item.path, what=f"image {item.image_id}")
+        except (PseudoRISError, OSError, ValueError) as exc:
+            row = {"key": item.key, "image_id": item.image_id, "file_name": item.file_name, "status": "unreadable",
+                   "error": str(exc), "masks": []}
+            store.add_image(row, [])
+            stats.unreadable.append(row)
+            stats.processed += 1
+        else:
+            image_row, rows = pipeline.process(image, item)
+            store.add_image(image_row, rows)
+            stats.processed += 1
+            stats.masks += len(image_row["masks"])
+            stats.candidates += len(rows)
+        stats.seconds = time.perf_counter() - start
+        bar.set_postfix(masks=stats.masks, cands=stats.candidates, ips=f"{stats.images_per_second:.2f}")
+        if on_image is not None:
+            on_image(stats.processed)
+    bar.close()
+    stats.seconds = time.perf_counter() - start
+    return stats

@@ -1,0 +1,215 @@
+"""LightningModule that trains and evaluates any ``RISModel`` (CRIS- or LAVT-style).
+
+* Optimiser: AdamW over ``model.param_groups(lr)`` (pretrained encoders at a reduced rate), poly schedule
+  ``lr_t = lr * (1 - t / T) ** 0.9`` stepped every optimiser step, as CRIS and LAVT do.
+* Validation: one ``RISMetrics`` per validation split, logged as ``<split>/mIoU``, ``<split>/oIoU`` (and P@X);
+  ``val/oIoU`` selects checkpoints. Test: ``test/<split>/<metric>``, results kept in ``test_results``.
+* Predictions are ``model.foreground_prob(...) > threshold`` (threshold: the model's default, e.g. 0.35 for CRIS,
+  unless set), warped back to the original image size (``eval_resolution="original"``, CRIS protocol) or scored
+  against the resized mask at input size (``"input"``, LAVT protocol); DESIGN 5.
+* Checkpoints carry ``ris_model = {name, model_type, config}`` so ``load_checkpoint`` rebuilds the network without
+  any Hydra config, and loading into a different architecture fails with a clear message instead of a wall of
+  state-dict mismatches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+
+from pseudo_ris.data.errors import PseudoRISError
+from ris_models.metrics import RISMetrics, metrics_to_floats
+from ris_models.registry import RISModel, build_model
+from ris_models.transforms import warp_back
+
+EVAL_RESOLUTIONS = ("original", "input")
+# Constructor arguments that only say where initial weights come from; they do not change the architecture.
+_WEIGHT_SOURCE_KEYS = ("pretrained", "bert_path", "swin_pretrained")
+
+
+class CheckpointError(PseudoRISError):
+    """A checkpoint that is not ours, is corrupt, or belongs to another model."""
+
+
+def poly_lambda(total_steps: int, power: float = 0.9):
+    """LR multiplier of the poly schedule: ``(1 - step / total) ** power`` (never negative)."""
+    total = max(1, int(total_steps))
+
+    def fn(step: int) -> float:
+        return max(0.0, 1.0 - min(step, total) / total) ** power
+
+    return fn
+
+
+class RISLitModule(L.LightningModule):
+    """Train/validate/test wrapper; see the module docstring."""
+
+    def __init__(self, model: RISModel, lr: float = 1e-4, weight_decay: float = 0.01, poly_power: float = 0.9,
+                 threshold: float | None = None, eval_resolution: str = "original",
+                 val_splits: Sequence[str] = ("val",), num_overlays: int = 0, data_info: dict | None = None) -> None:
+        super().__init__()
+        if eval_resolution not in EVAL_RESOLUTIONS:
+            raise ValueError(f"eval_resolution must be one of {EVAL_RESOLUTIONS}, got {eval_resolution!r}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.lr, self.weight_decay, self.poly_power = float(lr), float(weight_decay), float(poly_power)
+        self.threshold = float(model.default_threshold if threshold is None else threshold)
+        self.eval_resolution = eval_resolution
+        self.val_splits = list(val_splits)
+        self.val_metrics = torch.nn.ModuleList([RISMetrics() for _ in self.val_splits])
+        self.num_overlays = int(num_overlays)
+        self.data_info = dict(data_info or {})
+        self.test_splits: list[str] = []
+        self.test_metrics = torch.nn.ModuleList()
+        self.test_results: dict[str, dict[str, float]] = {}
+        self.overlays: dict[str, list[dict[str, Any]]] = {}
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor, sentences: list[str]) -> torch.Tensor:
+        tokens = {k: v.to(self.device) for k, v in self.model.tokenize(list(sentences)).items()}
+        return self.model(images, **tokens)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"], batch["sentence"])
+        loss = self.model.loss(logits, batch["mask"].float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["sentence"]))
+        return loss
+
+    @torch.no_grad()
+    def predict_masks(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Boolean predictions and targets, at original (default) or input resolution."""
+        logits = self(batch["image"], batch["sentence"])
+        size = tuple(batch["image"].shape[-2:])
+        prob = self.model.foreground_prob(logits, size=size).float()
+        if self.eval_resolution == "input":
+            return list(prob > self.threshold), list(batch["mask"].bool())
+        preds = [warp_back(p, meta) > self.threshold for p, meta in zip(prob, batch["meta"])]
+        return preds, [m.to(self.device).bool() for m in batch["orig_mask"]]
+
+    def _eval_step(self, batch: dict[str, Any], metric: RISMetrics, split: str | None) -> None:
+        preds, targets = self.predict_masks(batch)
+        for pred, target in zip(preds, targets):
+            metric.update(pred, target)
+        if split is not None and self.num_overlays > 0:
+            kept = self.overlays.setdefault(split, [])
+            for i in range(min(self.num_overlays - len(kept), len(preds))):
+                kept.append({"image_id": int(batch["image_id"][i]), "sentence": batch["sentence"][i],
+                             "pred": preds[i].cpu().numpy(), "target": targets[i].cpu().numpy()})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, self.val_metrics[dataloader_idx], None)
+
+    def on_validation_epoch_end(self) -> None:
+        for split, metric in zip(self.val_splits, self.val_metrics):
+            if int(metric.count) == 0 and not torch.distributed.is_initialized():
+                continue
+            values = metrics_to_floats(metric.compute())
+            for key, value in values.items():
+                self.log(f"{split}/{key}", value, prog_bar=key in ("mIoU", "oIoU") and split == self.val_splits[0])
+            metric.reset()
+
+    def set_test_splits(self, splits: Sequence[str]) -> None:
+        """Splits that ``trainer.test`` will see, in dataloader order (one metric each)."""
+        self.test_splits = list(splits)
+        self.test_metrics = torch.nn.ModuleList([RISMetrics() for _ in self.test_splits]).to(self.device)
+        self.test_results, self.overlays = {}, {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self.test_splits:
+            raise RuntimeError("call set_test_splits(...) before trainer.test")
+        split = self.test_splits[dataloader_idx]
+        self._eval_step(batch, self.test_metrics[dataloader_idx], split)
+
+    def on_test_epoch_end(self) -> None:
+        for split, metric in zip(self.test_splits, self.test_metrics):
+            values = metrics_to_floats(metric.compute())
+            for key, value in values.items():
+                self.log(f"test/{split}/{key}", value)
+            values["n"] = int(self.all_gather(metric.count.clone()).sum())  # sentences scored, all ranks
+            self.test_results[split] = values
+            metric.reset()
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.model.param_groups(self.lr), lr=self.lr, weight_decay=self.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(int(total), self.poly_power))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ris_model"] = {"name": self.model.config.get("name"), "model_type": self.model.model_type,
+                                   "config": self.model.config}
+        checkpoint["ris_data"] = self.data_info
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_compatible(checkpoint, self.model, source="checkpoint")
+
+
+def _arch(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _WEIGHT_SOURCE_KEYS}
+
+
+def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` if ``checkpoint`` was trained with another model type/preset/architecture."""
+    info = checkpoint.get("ris_model")
+    if info is None:
+        raise CheckpointError(f"{source} has no 'ris_model' entry: it was not written by ris_models' trainer")
+    mine = {"name": model.config.get("name"), "model_type": model.model_type}
+    if info.get("model_type") != mine["model_type"] or info.get("name") != mine["name"]:
+        raise CheckpointError(
+            f"{source} holds a {info.get('model_type')!r} model (preset {info.get('name')!r}) but the configured "
+            f"model is {mine['model_type']!r} (preset {mine['name']!r}); pick model={info.get('name')} or another "
+            f"checkpoint")
+    theirs, ours = _arch(info.get("config", {})), _arch(model.config)
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise CheckpointError(f"{source} was trained with a different {mine['name']} architecture "
+                              f"(options differ: {diff}); rebuild the model from the checkpoint instead")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if "ris_model" not in checkpoint:
+        raise CheckpointError(f"{path} has no 'ris_model' entry: it was not written by ris_models' trainer")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrides: Any) -> RISLitModule:
+    """Rebuild the network from the config saved in ``path`` and load its weights (on CPU, eval mode).
+
+    ``expect_model``: a preset name the caller requires (``CheckpointError`` if the checkpoint holds another).
+    ``overrides``: ``RISLitModule`` options to change for evaluation (``threshold``, ``eval_resolution``, ...).
+    """
+    checkpoint = read_checkpoint(path)
+    info = checkpoint["ris_model"]
+    if expect_model is not None and info.get("name") != expect_model:
+        raise CheckpointError(f"checkpoint {path} holds model {info.get('name')!r} ({info.get('model_type')}), "
+                              f"not {expect_model!r}")
+    config = dict(info["config"])
+    for key in _WEIGHT_SOURCE_KEYS:  # the weights come from the checkpoint, not from a download
+        if key in config:
+            config[key] = None
+    model = build_model(**config)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams.update(overrides)
+    lit = RISLitModule(model, **hparams)
+    missing, unexpected = lit.load_state_dict(checkpoint["state_dict"], strict=False)
+    missing = [k for k in missing if not k.startswith(("val_metrics", "test_metrics"))]
+    unexpected = [k for k in unexpected if not k.startswith(("val_metrics", "test_metrics"))]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the rebuilt {info.get('name')} "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    lit.data_info = dict(checkpoint.get("ris_data", {}))
+    return lit.eval()

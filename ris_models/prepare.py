@@ -1,0 +1,66 @@
+"""Resolve where the training/evaluation data lives before anything is built.
+
+``resolve_data(cfg)`` turns the Hydra config into concrete paths: an explicit ``data_root`` is used as is; for the
+embedded SynthRef datasets with ``data_root=null`` the cached build under ``<cache_dir>/synthref/<config hash>`` is
+returned (built on first use by ``pseudo_ris.synthref.ensure_synthref``). Real datasets (RefCOCO/+/g) cannot be
+downloaded here, so they need ``data_root``. (Planned: also build foundation models and generate pseudo labels when
+``data=pseudo|mixed`` and ``pseudo_root`` is unset.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pseudo_ris.data.errors import PseudoRISError
+
+SYNTHREF_DATASETS = ("synthref", "synthref+", "synthrefg")
+
+
+class DataRootError(PseudoRISError):
+    """No usable data root for the configured dataset."""
+
+
+@dataclass(frozen=True)
+class ResolvedData:
+    data_root: Path
+    pseudo_root: Path | None
+
+
+def _plain(node: Any) -> dict:
+    if node is None:
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(node):
+            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(node)
+
+
+def synthref_root(cache_dir: str | Path, synthref_cfg: Mapping[str, Any] | None = None, progress: bool = True) -> Path:
+    """The cached SynthRef build for ``synthref_cfg`` (``None`` values mean SynthRef's defaults)."""
+    from pseudo_ris.synthref import ensure_synthref
+
+    overrides = {k: v for k, v in _plain(synthref_cfg).items() if v is not None}
+    return ensure_synthref(Path(cache_dir).expanduser() / "synthref", overrides, progress=progress)
+
+
+def resolve_data(cfg: Mapping[str, Any]) -> ResolvedData:
+    """Concrete ``data_root`` / ``pseudo_root`` for a train/evaluate config (see module docstring)."""
+    dataset = cfg["dataset"]["name"]
+    data_root = cfg.get("data_root")
+    if data_root is not None:
+        root = Path(str(data_root)).expanduser()
+        if not root.is_dir():
+            raise DataRootError(f"data_root {root} does not exist (dataset {dataset!r})")
+    elif dataset in SYNTHREF_DATASETS:
+        root = synthref_root(cfg.get("cache_dir", "~/.cache/pseudo_ris"), cfg.get("synthref"))
+    else:
+        raise DataRootError(f"dataset {dataset!r} needs data_root=<dir holding {dataset}/ and images/> "
+                            "(REFER layout; only SynthRef is generated automatically)")
+    pseudo_root = cfg.get("pseudo_root")
+    return ResolvedData(root, Path(str(pseudo_root)).expanduser() if pseudo_root is not None else None)

@@ -1,0 +1,130 @@
+"""Build the model, data, logger and Trainer from a ``conf/train.yaml`` config, then fit and evaluate.
+
+``tools/train.py`` is a thin Hydra wrapper around ``train(cfg)``; tests call the same function with a composed
+config. Layout of a run (``output_dir``)::
+
+    checkpoints/best.ckpt, last.ckpt         best by <first val split>/oIoU, and the latest (resume from it)
+    checkpoints/metrics_<dataset>.json|.md   final evaluation of best.ckpt on every eval split
+    checkpoints/overlays_<dataset>/<split>/  a few PNG overlays per split
+    csv/ or wandb/                           logs
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+
+from ris_models.datamodule import RISDataModule
+from ris_models.evaluation import dataset_label, evaluate_splits
+from ris_models.lit_module import RISLitModule
+from ris_models.prepare import ResolvedData, resolve_data
+from ris_models.registry import RISModel, build_model
+
+LOGGERS = ("none", "csv", "wandb")
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else default
+    return default if value is None else value
+
+
+def build_ris_model(model_cfg: Mapping[str, Any]) -> RISModel:
+    """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it."""
+    overrides = {k: v for k, v in dict(model_cfg).items() if k != "name" and v is not None}
+    return build_model(str(model_cfg["name"]), **overrides)
+
+
+def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData) -> RISDataModule:
+    ds_cfg, data_cfg = cfg["dataset"], cfg["data"]
+    return RISDataModule(
+        data.data_root, ds_cfg["name"], split_by=ds_cfg.get("split_by"), mode=data_cfg["mode"],
+        ratio=cfg.get("ratio", 1.0), pseudo_root=data.pseudo_root, pseudo_name=data_cfg.get("pseudo_name", "pseudo"),
+        val_splits=ds_cfg.get("val_splits"), eval_splits=ds_cfg.get("eval_splits"),
+        input_size=model.input_size, image_mean=model.image_mean, image_std=model.image_std,
+        batch_size=cfg["batch_size"], eval_batch_size=cfg.get("eval_batch_size"),
+        num_workers=cfg.get("num_workers", 0), resize_mode=cfg.get("resize_mode", "letterbox"),
+        hflip_prob=cfg.get("hflip_prob", 0.0), subset_seed=_get(cfg, "subset_seed", cfg.get("seed", 0)),
+        limit_eval=cfg.get("limit_eval"))
+
+
+def build_logger(logger_cfg: Mapping[str, Any], output_dir: Path, run_name: str):
+    kind = logger_cfg.get("type", "none")
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        # offline unless asked: no account or network needed; `wandb sync <dir>` uploads later
+        return WandbLogger(project=logger_cfg.get("project", "pseudo-ris"), entity=logger_cfg.get("entity"),
+                           name=logger_cfg.get("name") or run_name, save_dir=str(output_dir),
+                           offline=not bool(logger_cfg.get("online", False)), log_model=False)
+    raise ValueError(f"unknown logger type {kind!r}; expected one of {LOGGERS}")
+
+
+def build_trainer(cfg: Mapping[str, Any], output_dir: Path, logger: Any = False, monitor: str | None = None,
+                  extra_callbacks: list | None = None) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    """Trainer from the ``trainer`` group plus top-level ``epochs``/``max_steps``; checkpoints if ``monitor``."""
+    trainer_kwargs = {k: v for k, v in dict(cfg["trainer"]).items() if v is not None}
+    refresh = int(trainer_kwargs.pop("progress_refresh_rate", 1))
+    callbacks: list = [TQDMProgressBar(refresh_rate=refresh)] if trainer_kwargs.get("enable_progress_bar", True) else []
+    checkpoint = None
+    if monitor is not None:
+        checkpoint = ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="best", monitor=monitor,
+                                     mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                     enable_version_counter=False)
+        callbacks.append(checkpoint)
+        if logger:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += extra_callbacks or []
+    trainer = L.Trainer(default_root_dir=str(output_dir), logger=logger, callbacks=callbacks,
+                        max_epochs=int(cfg.get("epochs", 1)), max_steps=int(_get(cfg, "max_steps", -1)),
+                        enable_checkpointing=checkpoint is not None, **trainer_kwargs)
+    return trainer, checkpoint
+
+
+def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None) -> dict[str, Any]:
+    """Fit on the configured data, then evaluate the best checkpoint on all eval splits (printed and written).
+
+    Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
+    """
+    L.seed_everything(int(cfg["seed"]), workers=True)
+    output_dir = Path(str(cfg["output_dir"])).expanduser()
+    data = resolve_data(cfg)
+    model = build_ris_model(cfg["model"])
+    dm = build_datamodule(cfg, model, data)
+    lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
+                       threshold=cfg.get("threshold"), eval_resolution=cfg.get("eval_resolution", "original"),
+                       val_splits=dm.val_splits, num_overlays=cfg.get("num_overlays", 4),
+                       data_info={"dataset": dm.dataset_name, "split_by": dm.human_dataset.split_by,
+                                  "data_root": str(data.data_root), "mode": dm.mode, "ratio": dm.ratio,
+                                  "resize_mode": dm.resize_mode})
+    run_name = output_dir.name
+    logger = build_logger(cfg["logger"], output_dir, run_name)
+    trainer, checkpoint = build_trainer(cfg, output_dir, logger, monitor=f"{dm.val_splits[0]}/oIoU",
+                                        extra_callbacks=extra_callbacks)
+    if trainer.is_global_zero:
+        print(f"training data: {dm.describe()}; validation: {dm.val_splits}; output: {output_dir}")
+    start = time.perf_counter()
+    trainer.fit(lit, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    seconds = time.perf_counter() - start
+    out = {"output_dir": output_dir, "global_step": trainer.global_step, "train_seconds": seconds,
+           "best_ckpt": checkpoint.best_model_path if checkpoint else None,
+           "last_ckpt": str(output_dir / "checkpoints" / "last.ckpt"), "results": {}}
+    if trainer.interrupted or not cfg.get("evaluate_after", True):
+        return out
+    best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    ckpt = best or out["last_ckpt"]
+    if trainer.is_global_zero:
+        print(f"trained {trainer.global_step} steps in {seconds:.0f} s; evaluating {ckpt} on {dm.eval_splits}")
+    out["results"] = evaluate_splits(trainer, lit, dm, None, Path(ckpt).parent, ckpt_path=ckpt,
+                                     dataset_label=dataset_label(dm.dataset_name, dm.human_dataset.split_by),
+                                     checkpoint_label=ckpt)
+    return out

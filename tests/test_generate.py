@@ -1,0 +1,166 @@
+"""End-to-end pseudo-label generation with tiny random models on SynthRef-like images: REFER output readable by the
+data layer, resume after an interruption, unreadable images, re-filtering without captioning, sharding, SAM masks."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from pseudo_ris.data.masks import rle_to_mask
+from pseudo_ris.data.refer import ReferDataset
+from pseudo_ris.generation import runner
+from pseudo_ris.generation.store import CandidateStore, load_all
+from pseudo_ris.synthref import build_synthref
+
+torch.set_num_threads(1)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Small decoding: 1 beam-search caption (2 beams) + 1 distinctive top-k sample per view, 8 tokens at most.
+FAST = ["decoding.settings=[{kind: beam, value: 2}, {kind: topk, value: 3, distinctive: true}]",
+        "decoding.max_len=8", "decoding.min_len=3", "progress=false", "report.max_images=2"]
+
+
+@pytest.fixture(scope="module")
+def synthref_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthref")
+    build_synthref(root, seed=0, num_images=0, pool_images=4, progress=False)
+    return root
+
+
+def _cfg(out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"out_dir={out}", *FAST, *overrides])
+    return runner._plain(cfg)
+
+
+def _rows(out: Path) -> list[dict]:
+    _, cands = load_all(out)
+    return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in cands),
+                  key=lambda r: (r["key"], r["cand_index"]))
+
+
+def test_gt_masks_end_to_end_readable_by_data_layer(synthref_root, tmp_path):
+    out = tmp_path / "gen"
+    summary = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=2"))
+    pool = ReferDataset(synthref_root, "synthref_pool")
+    ds = ReferDataset(out, "pseudo", split_by="pseudo")
+    assert ds.splits == ["train"] and len(ds.refs) == summary["refs"] > 0
+    assert summary["images"] == 2 and summary["candidates"] == len(_rows(out)) > 0
+    assert 0 < summary["kept"] <= summary["candidates"]
+    gt_masks = [pool.ann_mask(a) for a in pool.anns if pool.anns[a]["image_id"] in ds.images]
+    for ref in ds.refs:
+        assert ref["sentences"] and len({s["sent"] for s in ref["sentences"]}) == len(ref["sentences"])
+        mask = ds.ref_mask(ref)  # the annotation carries the mask RLE of a GT instance (masks=gt)
+        assert any(np.array_equal(mask, g) for g in gt_masks)
+        assert ds.image_path(ref["image_id"]).is_file()  # images referenced, not copied
+        assert ds.load_image(ref["image_id"]).shape == (128, 128, 3)
+    # every kept candidate of the store is a sentence of its mask's ref
+    kept = {(r["image_id"], r["text"]) for r in json.loads("[" + ",".join(
+        (out / "candidates.jsonl").read_text().splitlines()) + "]") if r["kept"]}
+    sents = {(ref["image_id"], s["raw"]) for ref in ds.refs for s in ref["sentences"]}
+    assert kept == sents
+    assert (out / "report.html").read_text().count("data:image/png;base64") >= 2
+    assert json.loads((out / "summary.json").read_text())["refs"] == summary["refs"]
+
+
+def test_resume_after_interruption_matches_clean_sharded_run(synthref_root, tmp_path):
+    # clean run, two shards generated separately then filtered together
+    clean = tmp_path / "clean"
+    for shard in (0, 1):
+        runner.run(_cfg(clean, f"data_root={synthref_root}", "masks=gt", "stage=generate", f"shard={shard}",
+                        "num_shards=2"))
+    clean_summary = runner.run(_cfg(clean, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+                                    "num_shards=2"))
+    # interrupted single-shard run: killed after 2 images, then a torn write and an orphan row are added
+    out = tmp_path / "resumed"
+
+    def interrupt(n):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt"), on_image=interrupt)
+    store = CandidateStore(out)
+    assert len(store.done) == 2
+    cands = out / "candidates.shard0of1.jsonl"
+    orphan = dict(json.loads(cands.read_text().splitlines()[0]), key="1000004")  # image never committed
+    with open(cands, "a") as f:
+        f.write(json.dumps(orphan) + "\n" + '{"image_id": 1000003, "te')  # torn last line
+    with open(out / "images.shard0of1.jsonl", "a") as f:
+        f.write('{"key": "1000003", "sta')
+    summary = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt"))
+    assert summary["run_skipped_done"] == 2 and summary["run_processed"] == 2
+    rows = _rows(out)
+    keys = [(r["key"], r["cand_index"]) for r in rows]
+    assert len(keys) == len(set(keys))  # no duplicate rows
+    assert rows == _rows(clean)  # same candidates as the clean run (seeds per image, not per shard / restart)
+    with open(out / "pseudo" / "refs(pseudo).p", "rb") as f, open(clean / "pseudo" / "refs(pseudo).p", "rb") as g:
+        assert pickle.load(f) == pickle.load(g)
+    assert summary["kept"] == clean_summary["kept"] and summary["complete"]
+
+
+def test_refilter_reuses_candidates_without_captioning(synthref_root, tmp_path, monkeypatch):
+    out = tmp_path / "gen"
+    base = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=2"))
+    before = _rows(out)
+
+    def no_models(*a, **k):
+        raise AssertionError("stage=filter must not build models")
+
+    monkeypatch.setattr(runner, "build_pipeline", no_models)
+    strict = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+                             "filter.threshold=1e9", "filter.fallback=drop"))
+    assert strict["kept"] == 0 and strict["refs"] == 0
+    assert ReferDataset(out, "pseudo", split_by="pseudo").refs == []
+    loose = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+                            "filter.threshold=-1", "filter.key=uniqueness"))
+    assert loose["kept"] == loose["candidates"] >= base["kept"]
+    topk = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+                           "filter.threshold=1e9", "filter.fallback=topk", "filter.topk=2"))
+    assert topk["refs"] == topk["masks_kept"] == base["masks_kept"]  # every mask keeps its 2 best
+    assert _rows(out) == before  # the shard files are untouched by filtering
+
+
+def test_folder_source_with_unreadable_image_and_sam_masks(tmp_path):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        pixels = np.full((64, 80, 3), 200, np.uint8)
+        pixels[10:40, 10:40] = (220, 30, 30)
+        pixels[35:60, 45:75] = rng.integers(0, 255, 3)
+        Image.fromarray(pixels).save(img_dir / f"ok{i}.png")
+    (img_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "gen"
+    summary = runner.run(_cfg(out, "source=folder", f"image_dir={img_dir}", "masks=sam", "sam.points_per_side=4",
+                              "sam.pred_iou_thresh=-100", "sam.stability_score_thresh=0", "selection.max_masks=3",
+                              "selection.min_area=1", "selection.max_area_frac=1.0"))
+    assert [u["file_name"] for u in summary["unreadable"]] == ["broken.png"]
+    assert "broken.png" in summary["unreadable"][0]["error"]
+    assert summary["images"] == 3 and summary["images_ok"] + summary["images_no_masks"] == 2
+    ds = ReferDataset(out, "pseudo", split_by="pseudo")
+    for ref in ds.refs:
+        assert ds.image_path(ref["image_id"]).name in ("ok0.png", "ok1.png")
+        assert ds.ref_mask(ref).shape == (64, 80)
+    images, _ = load_all(out)
+    for img in images:
+        for m in img["masks"]:
+            assert rle_to_mask(m["rle"]).sum() == m["area"] > 0
+    # impossible SAM thresholds: every image has no mask -> no refs, no crash
+    out2 = tmp_path / "none"
+    none = runner.run(_cfg(out2, "source=folder", f"image_dir={img_dir}", "sam.pred_iou_thresh=1e9"))
+    assert none["images_no_masks"] == 2 and none["refs"] == 0
+    assert ReferDataset(out2, "pseudo", split_by="pseudo").refs == []
+
+
+def test_resume_with_other_config_is_refused(synthref_root, tmp_path):
+    out = tmp_path / "gen"
+    runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=1", "stage=generate"))
+    with pytest.raises(runner.PseudoRISError, match="different run configuration"):
+        runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=1", "stage=generate", "seed=5"))

@@ -1,0 +1,145 @@
+"""End-to-end: Hydra configs -> train (few steps, tiny images) -> evaluate; resume; checkpoint and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from ris_models.datamodule import DataConfigError
+from ris_models.evaluation import evaluate_checkpoint
+from ris_models.lit_module import CheckpointError, load_checkpoint, poly_lambda
+from ris_models.training import build_logger, train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def _train_cfg(data: dict, out: Path, *extra: str):
+    return _cfg("train", [
+        "dataset=synthref", f"dataset.name={data['dataset']}", f"data_root={data['data_root']}",
+        f"pseudo_root={data['pseudo_root']}", f"data.pseudo_name={data['pseudo_name']}",
+        "model=cris_tiny", "model.input_size=32", "trainer=cpu", "trainer.enable_progress_bar=false",
+        "logger=csv", "batch_size=4", "eval_batch_size=8", "epochs=2", f"output_dir={out}", "num_overlays=2",
+        *extra])
+
+
+class _StopAt(L.Callback):
+    """Simulates a crash (kill) in the middle of the second epoch."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
+    out = train(_train_cfg(tiny_ris_data, tmp_path / "run", "data=mixed", "ratio=0.5"))
+    n_refs = 2 * 5 + 20  # half of the 10 human train images (2 refs each) + 20 pseudo refs
+    assert out["global_step"] == 2 * -(-n_refs // 4)  # 2 epochs of ceil(30 / 4) batches
+    best = Path(out["best_ckpt"])
+    assert best.name == "best.ckpt" and best.is_file() and (best.parent / "last.ckpt").is_file()
+    results = out["results"]
+    assert list(results) == ["val", "testA"]
+    for values in results.values():
+        assert values["n"] == 8 and 0.0 <= values["mIoU"] <= 1.0 and 0.0 <= values["oIoU"] <= 1.0
+    written = json.loads((best.parent / "metrics_tinyref.json").read_text())
+    assert written["splits"]["val"]["oIoU"] == pytest.approx(results["val"]["oIoU"])
+    assert (best.parent / "metrics_tinyref.md").read_text().count("| val |") == 1
+    assert len(list((best.parent / "overlays_tinyref" / "testA").glob("*.png"))) == 2
+    assert "val/oIoU" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["ris_model"]["name"] == "cris_tiny" and ckpt["ris_model"]["config"]["input_size"] == 32
+
+    # evaluate.py's library path: the model is rebuilt from the checkpoint alone and scores the same numbers
+    ev_dir = tmp_path / "eval"
+    ev = evaluate_checkpoint(_cfg("evaluate", [f"ckpt={best}", "split=val", "trainer=cpu", f"out_dir={ev_dir}",
+                                               "trainer.enable_progress_bar=false"]))
+    assert list(ev) == ["val"]
+    for key in ("mIoU", "oIoU", "P@0.5", "n"):
+        assert ev["val"][key] == pytest.approx(results["val"][key])
+    assert (ev_dir / "metrics_tinyref.json").is_file() and len(list((ev_dir / "overlays_tinyref" / "val").glob("*.png")))
+
+    # the same checkpoint cannot be resumed as / loaded as another model type
+    with pytest.raises(CheckpointError, match="cris_tiny"):
+        train(_train_cfg(tiny_ris_data, tmp_path / "wrong", "model=lavt_tiny", "model.input_size=32",
+                         f"ckpt_path={best}"))
+    with pytest.raises(CheckpointError, match="not 'lavt_tiny'"):
+        load_checkpoint(best, expect_model="lavt_tiny")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(bad)
+
+
+def test_resume_after_interruption_gives_same_step_count(tiny_ris_data, tmp_path):
+    # 10 human train images x 2 refs = 20 refs -> 5 batches per epoch, 3 epochs -> 15 steps
+    args = ("epochs=3", "limit_eval=4", "evaluate_after=false")
+    full = train(_train_cfg(tiny_ris_data, tmp_path / "full", *args))
+    assert full["global_step"] == 15
+    run = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_train_cfg(tiny_ris_data, run, *args), extra_callbacks=[_StopAt(7)])  # dies in epoch 2
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 5  # end of epoch 1
+    resumed = train(_train_cfg(tiny_ris_data, run, *args, f"ckpt_path={last}"))
+    assert resumed["global_step"] == full["global_step"]
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == 15 and final["epoch"] == 2
+    # the LR schedule continued instead of restarting: the last LR is the poly value at step 15 of 15
+    sched = final["lr_schedulers"][0]
+    assert sched["last_epoch"] == 15 and max(sched["_last_lr"]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_configs_compose_and_reject_unknown_keys(tiny_ris_data, tmp_path):
+    for group, options in {"model": ["cris_tiny", "lavt_tiny", "cris_r50", "cris_r101", "lavt_swin_b"],
+                           "dataset": ["synthref", "synthref+", "synthrefg", "refcoco", "refcoco+", "refcocog",
+                                       "refcocog_google"],
+                           "trainer": ["default", "cpu", "gpu", "ddp"], "logger": ["none", "csv", "wandb"],
+                           "data": ["human", "pseudo", "mixed"]}.items():
+        for option in options:
+            cfg = _cfg("train", [f"{group}={option}"])
+            assert cfg[group] is not None
+    cfg = _cfg("train", [])
+    assert (cfg.data.mode, cfg.model.name, cfg.dataset.name, cfg.logger.type) == ("human", "cris_tiny", "synthref", "csv")
+    assert _cfg("train", ["dataset=refcocog_google"]).dataset.split_by == "google"
+    assert _cfg("train", ["trainer=gpu"]).trainer.precision == "16-mixed"
+    assert _cfg("train", ["trainer=ddp"]).trainer.strategy == "ddp"
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        _cfg("train", ["no_such_key=1"])
+    with pytest.raises(ConfigCompositionException):
+        _cfg("train", ["trainer.no_such_option=1"])
+    with pytest.raises(ConfigCompositionException):
+        _cfg("evaluate", ["ckpt=x", "no_such_key=1"])
+    with pytest.raises(DataConfigError, match=r"ratio must be in \[0, 1\]"):
+        train(_train_cfg(tiny_ris_data, tmp_path / "r", "data=mixed", "ratio=1.5"))
+    with pytest.raises(DataConfigError, match="tools/generate.py"):
+        train(_train_cfg(tiny_ris_data, tmp_path / "p", "data=pseudo", f"pseudo_root={tmp_path / 'missing'}"))
+
+
+def test_wandb_logger_is_offline_by_default(tmp_path):
+    logger = build_logger(OmegaConf.create({"type": "wandb", "online": False, "project": "p"}), tmp_path, "run")
+    assert logger._offline is True
+    online = build_logger(OmegaConf.create({"type": "wandb", "online": True, "project": "p"}), tmp_path, "run")
+    assert online._offline is False
+    assert build_logger(OmegaConf.create({"type": "none"}), tmp_path, "run") is False
+
+
+def test_poly_schedule():
+    fn = poly_lambda(100, 0.9)
+    assert fn(0) == 1.0
+    assert fn(50) == pytest.approx(0.5 ** 0.9)
+    assert fn(100) == 0.0 and fn(150) == 0.0

@@ -1,0 +1,31 @@
+"""Evaluate a trained checkpoint (thin Hydra entry point; the work is in ``ris_models.evaluation``).
+
+    python tools/evaluate.py ckpt=runs/synthref/cris_tiny_human_r1.0_s0/checkpoints/best.ckpt
+    python tools/evaluate.py ckpt=<path> dataset=refcocog data_root=<dir> split=test
+
+Prints mIoU / oIoU / P@0.5..0.9 per split and writes metrics_<dataset>.json / .md (and PNG overlays) next to
+the checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from pseudo_ris.data.errors import PseudoRISError
+from ris_models.evaluation import evaluate_checkpoint
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_checkpoint(cfg)
+    except PseudoRISError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Generate pseudo referring-segmentation labels (thin Hydra entry point; the work is in ``pseudo_ris.generation``).
+
+    python tools/generate.py                                   # SynthRef pool, tiny models, all stages
+    python tools/generate.py masks=gt max_images=20
+    python tools/generate.py stage=generate shard=1 num_shards=4
+    python tools/generate.py stage=filter filter.threshold=1.2   # re-filter stored candidates, no captioning
+
+Kill it any time and run the same command again: finished images are skipped, nothing is lost.
+See conf/generate.yaml for every option.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.generation.runner import format_summary, run
+
+_PATH_KEYS = ("data_root", "image_dir", "out_dir", "out_root", "cache_dir")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for key in _PATH_KEYS:
+        if params.get(key) is not None and not str(params[key]).startswith("~"):
+            params[key] = to_absolute_path(str(params[key]))
+    for group in ("sam", "external"):
+        for key in ("checkpoint", "detections"):
+            if (params.get(group) or {}).get(key):
+                params[group][key] = to_absolute_path(str(params[group][key]))
+    try:
+        summary = run(params)
+    except PseudoRISError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Generate SynthRef (thin Hydra entry point; the work is in ``pseudo_ris.synthref``).
+
+    python tools/make_synthref.py root=data seed=0 num_images=1500
+    python tools/make_synthref.py root=~/.cache/pseudo_ris cached=true      # build into root/<config hash>/
+    python tools/make_synthref.py preview=docs/synthref_examples.png        # example grid only
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from pseudo_ris.synthref import SynthRefConfig, build_synthref, ensure_synthref, read_build_info
+from pseudo_ris.synthref.build import SynthRefError
+from pseudo_ris.synthref.preview import format_summary, save_preview
+
+_CLI_ONLY = ("root", "cached", "progress", "preview", "preview_count")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="synthref")
+def main(cfg: DictConfig) -> None:
+    params = OmegaConf.to_container(cfg, resolve=True)
+    gen_cfg = SynthRefConfig.from_any({k: v for k, v in params.items() if k not in _CLI_ONLY})
+    if cfg.preview:
+        out = save_preview(to_absolute_path(str(cfg.preview)), gen_cfg, count=int(cfg.preview_count))
+        print(f"wrote {out}")
+        return
+    root = Path(to_absolute_path(str(Path(str(cfg.root)).expanduser())))
+    start = time.perf_counter()
+    try:
+        if cfg.cached:
+            path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress))
+        else:
+            path = build_synthref(root, cfg=gen_cfg, progress=bool(cfg.progress))
+    except SynthRefError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    elapsed = time.perf_counter() - start
+    info = read_build_info(path)
+    print(f"SynthRef written to {path} (cache key {info['cache_key']}) in {elapsed:.1f} s")
+    print(format_summary(info["summary"]))
+
+
+if __name__ == "__main__":
+    main()
