@@ -108,7 +108,10 @@ class RISLitModule(L.LightningModule):
                 continue
             values = metrics_to_floats(metric.compute())
             for key, value in values.items():
-                self.log(f"{split}/{key}", value, prog_bar=key in ("mIoU", "oIoU") and split == self.val_splits[0])
+                # values are already synced over ranks (metric states are summed); sync_dist only silences the
+                # distributed-logging warning (the mean of identical values is the value)
+                self.log(f"{split}/{key}", value, prog_bar=key in ("mIoU", "oIoU") and split == self.val_splits[0],
+                         sync_dist=True)
             metric.reset()
 
     def set_test_splits(self, splits: Sequence[str]) -> None:
@@ -127,7 +130,7 @@ class RISLitModule(L.LightningModule):
         for split, metric in zip(self.test_splits, self.test_metrics):
             values = metrics_to_floats(metric.compute())
             for key, value in values.items():
-                self.log(f"test/{split}/{key}", value)
+                self.log(f"test/{split}/{key}", value, sync_dist=True)
             values["n"] = int(self.all_gather(metric.count.clone()).sum())  # sentences scored, all ranks
             self.test_results[split] = values
             metric.reset()

@@ -78,9 +78,14 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, logger: Any = False,
     checkpoint = None
     if monitor is not None:
         checkpoint = ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="best", monitor=monitor,
-                                     mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False,
+                                     mode="max", save_top_k=1, auto_insert_metric_name=False,
                                      enable_version_counter=False)
-        callbacks.append(checkpoint)
+        # Lightning >= 2.5 refreshes save_last only when the best changes; a separate latest-only checkpoint
+        # (every epoch, and every N steps if asked) keeps resuming exact after a crash.
+        every = cfg.get("checkpoint_every_n_steps")
+        last = ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="last", monitor=None, save_top_k=1,
+                               every_n_train_steps=int(every) if every else None, enable_version_counter=False)
+        callbacks += [checkpoint, last]
         if logger:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += extra_callbacks or []

@@ -51,7 +51,7 @@ def test_word_tokenizer_round_trip_and_specials(word_tok, tmp_path):
     ids = word_tok.encode(["A big red cube.", "zebra ball"])
     assert ids.shape == (2, 32) and ids.dtype == torch.long
     assert ids[0, 0] == word_tok.sot_id
-    assert word_tok.decode(ids[0]) == "a big red cube ."
+    assert word_tok.decode(ids[0]) == "a big red cube <unk>"  # "." is not in the vocabulary
     assert word_tok.decode(ids[1]) == "<unk> ball"
     assert int((ids[1] != 0).sum()) == 4  # sot, unk, ball, eot then pads
     path = word_tok.save(tmp_path / "vocab.json")
@@ -89,7 +89,7 @@ def test_open_clip_tokenizer_ids_from_open_clip():
 
 
 def test_tiny_random_init_has_initialised_decoder(tiny, word_tok):
-    proj = tiny.model.text_decoder.text_projection
+    proj = tiny.model.text_decoder.text_projection.detach()
     assert proj.shape == (128, word_tok.vocab_size)
     assert torch.isfinite(proj).all() and float(proj.std()) > 1e-3
     logits = _logits(tiny)

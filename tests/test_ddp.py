@@ -61,3 +61,32 @@ def test_two_process_sync_equals_single_process():
     for key in METRIC_KEYS:
         assert synced[key] == pytest.approx(expected[key], abs=1e-12), key
     assert 0.0 < expected["mIoU"] < 1.0  # the data is not degenerate
+
+
+@pytest.mark.slow
+def test_train_cli_ddp_two_cpu_processes_matches_single_process_eval(tiny_ris_data, tmp_path):
+    """`trainer=ddp` on CPU (gloo, 2 processes) trains, and its distributed final evaluation equals a 1-process one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    common = [f"dataset.name={tiny_ris_data['dataset']}", f"data_root={tiny_ris_data['data_root']}",
+              "model.input_size=32", "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(root / "tools" / "train.py"), *common, "batch_size=4", "epochs=2",
+                    "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",
+                    f"output_dir={out}"], check=True, cwd=tmp_path, env=env, timeout=600)
+    ckpt_dir = out / "checkpoints"
+    distributed = json.loads((ckpt_dir / "metrics_tinyref.json").read_text())["splits"]
+    assert distributed["val"]["n"] == 8  # every sentence once: no padding duplicates from the sampler
+    single_dir = tmp_path / "single"
+    subprocess.run([sys.executable, str(root / "tools" / "evaluate.py"), f"ckpt={ckpt_dir / 'best.ckpt'}",
+                    "trainer=cpu", "trainer.enable_progress_bar=false", f"out_dir={single_dir}"],
+                   check=True, cwd=tmp_path, env=env, timeout=600)
+    single = json.loads((single_dir / "metrics_tinyref.json").read_text())["splits"]
+    for split in ("val", "testA"):
+        for key in METRIC_KEYS:
+            assert distributed[split][key] == pytest.approx(single[split][key], abs=1e-12), (split, key)

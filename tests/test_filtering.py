@@ -135,3 +135,21 @@ def test_clip_scorer_from_coca_bundle():
 def test_open_clip_scorer_missing_checkpoint(tmp_path):
     with pytest.raises(ScorerLoadError, match="nope.pt"):
         ClipScorer.from_open_clip("RN50", tmp_path / "nope.pt")
+
+
+def test_open_clip_scorer_mismatched_checkpoint(tmp_path):
+    # a state dict of another architecture (the tiny CoCa) must not load into RN50: clear error naming the file
+    torch.save(_tiny_scorer().model.state_dict(), tmp_path / "coca_tiny_weights.pt")
+    with pytest.raises(ScorerLoadError, match="coca_tiny_weights.pt"):
+        ClipScorer.from_open_clip("RN50", tmp_path / "coca_tiny_weights.pt")
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("spacy") is None, reason="spaCy not installed")
+def test_spacy_extractor_when_available():
+    from pseudo_ris.filtering import SpacyNounExtractor
+
+    try:
+        ext = SpacyNounExtractor()
+    except OSError:
+        pytest.skip("spaCy model en_core_web_sm not installed")
+    assert ext("a small red circle on the left").head == "circle"

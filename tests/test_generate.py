@@ -145,6 +145,7 @@ def test_folder_source_with_unreadable_image_and_sam_masks(tmp_path):
     assert "broken.png" in summary["unreadable"][0]["error"]
     assert summary["images"] == 3 and summary["images_ok"] + summary["images_no_masks"] == 2
     ds = ReferDataset(out, "pseudo", split_by="pseudo")
+    assert len(ds.refs) == summary["refs"] > 0
     for ref in ds.refs:
         assert ds.image_path(ref["image_id"]).name in ("ok0.png", "ok1.png")
         assert ds.ref_mask(ref).shape == (64, 80)
@@ -164,3 +165,46 @@ def test_resume_with_other_config_is_refused(synthref_root, tmp_path):
     runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=1", "stage=generate"))
     with pytest.raises(runner.PseudoRISError, match="different run configuration"):
         runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=1", "stage=generate", "seed=5"))
+
+
+def test_external_detections_through_the_config(tmp_path):
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    for name in ("a.png", "b.png"):
+        pixels = np.full((64, 64, 3), 90, np.uint8)
+        pixels[8:40, 8:40] = (30, 200, 30)
+        Image.fromarray(pixels).save(img_dir / name)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"file_name": "a.png", "bbox": [8, 8, 32, 32], "score": 0.9, "category_id": 1}]))
+    out = tmp_path / "gen"
+    summary = runner.run(_cfg(out, "source=folder", f"image_dir={img_dir}", "masks=external",
+                              f"external.detections={dets}", "sam.points_per_side=4", "sam.pred_iou_thresh=-100",
+                              "sam.stability_score_thresh=0", "selection.min_area=1", "selection.max_area_frac=1.0"))
+    images = {i["file_name"]: i for i in load_all(out)[0]}
+    assert len(images["a.png"]["masks"]) == 1 and images["a.png"]["masks"][0]["source"] == "external"
+    assert images["b.png"]["status"] == "no_masks"  # no detection -> no mask, no crash
+    assert summary["refs"] == 1
+
+
+def test_checkpoints_load_through_the_config(synthref_root, tmp_path):
+    """Trained foundation models plug in by path (a project CoCa checkpoint carries its config and tokenizer)."""
+    from pseudo_ris.captioning import save_coca_checkpoint
+    from pseudo_ris.masks import build_sam, save_sam_checkpoint
+
+    cfg = _cfg(tmp_path / "x", f"data_root={synthref_root}")
+    bundle = runner.build_captioner_bundle(cfg["generator"]["captioner"], "cpu")
+    save_coca_checkpoint(bundle, tmp_path / "coca.pt")
+    save_sam_checkpoint(build_sam("tiny"), tmp_path / "sam.pt")
+    out = tmp_path / "gen"
+    summary = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "max_images=1",
+                              "generator/captioner=synthref_shipped",
+                              f"generator.captioner.pretrained={tmp_path}/coca.pt",
+                              f"sam.checkpoint={tmp_path}/sam.pt"))
+    assert summary["refs"] > 0
+    loaded = runner.build_captioner_bundle({"name": None, "pretrained": str(tmp_path / "coca.pt")}, "cpu")
+    assert loaded.tokenizer.vocab_size == bundle.tokenizer.vocab_size
+    for (k, a), b in zip(bundle.model.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(runner.PseudoRISError, match="SAM checkpoint .*coca.pt"):
+        runner.run(_cfg(tmp_path / "y", f"data_root={synthref_root}", "sam.checkpoint=" + str(tmp_path / "coca.pt"),
+                        "max_images=1"))

@@ -70,6 +70,16 @@ def test_automatic_generator_on_small_image():
     assert none(img) == []
 
 
+def test_mask_iou_matrix_hand_computed():
+    from pseudo_ris.masks.source import mask_iou_matrix
+
+    a = np.stack([_rect(10, 10, 0, 5, 0, 10), _rect(10, 10, 0, 10, 0, 5)])       # top half, left half
+    b = np.stack([_rect(10, 10, 0, 5, 0, 10), np.ones((10, 10), bool), np.zeros((10, 10), bool)])
+    expected = np.array([[1.0, 0.5, 0.0], [25 / 75, 0.5, 0.0]])
+    assert np.allclose(mask_iou_matrix(a, b), expected)
+    assert mask_iou_matrix(a[:0], b).shape == (0, 3)
+
+
 def test_selection_filters():
     h, w = 50, 50
     big = ObjectMask(_rect(h, w, 0, 50, 0, 50), 0.99)           # whole image: too large

@@ -15,7 +15,7 @@ from pseudo_ris.data.masks import mask_to_bbox
 from pseudo_ris.data.refer import ReferDataset
 from pseudo_ris.synthref import (BUILD_MARKER, SceneConfig, SynthRefConfig, SynthRefError, build_synthref,
                                  ensure_synthref, read_build_info, render_scene)
-from pseudo_ris.synthref.build import _image_rng, _scene_for_split, _STREAM_LABELLED, _STREAM_POOL
+from pseudo_ris.synthref.build import image_rng, scene_for_split, STREAM_LABELLED, STREAM_POOL
 from pseudo_ris.synthref.oracle import is_referential, objects_from_annotations
 from pseudo_ris.synthref.preview import save_preview
 from pseudo_ris.synthref.vocab import (ABSOLUTE_LOCATION_WORDS, ANGULAR_SHAPES, COLOUR_SYNONYMS, CURVED_SHAPES,
@@ -90,11 +90,12 @@ def test_distractor_rate_controls_same_shape_pairs():
 
 def test_big_objects_are_bigger_than_small_ones():
     rng = np.random.default_rng(4)
-    big, small = [], []
-    for _ in range(60):
+    areas: dict[tuple[str, str], list[int]] = {}
+    for _ in range(80):
         for o in render_scene(rng).objects:
-            (big if o.size == "big" else small).append(o.full_area)
-    assert min(big) > max(small)  # absolute size classes do not overlap
+            areas.setdefault((o.shape, o.size), []).append(o.full_area)
+    for shape in SceneConfig().shapes:  # absolute size classes do not overlap, shape by shape
+        assert min(areas[shape, "big"]) > 1.5 * max(areas[shape, "small"]), shape
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -110,7 +111,7 @@ def test_reader_reads_all_datasets_and_masks_match_the_scenes(built, datasets):
     # the stored annotation masks and images are exactly the rendered scenes (labelled and pool)
     ds = datasets["synthref"]
     for image_id in list(ds.images)[:10]:
-        scene = _scene_for_split(_image_rng(0, _STREAM_LABELLED, image_id - 1), cfg, splits[image_id])
+        scene = scene_for_split(image_rng(0, STREAM_LABELLED, image_id - 1), cfg, splits[image_id])
         assert np.array_equal(ds.load_image(image_id), scene.image)
         anns = sorted(ds.anns_by_image[image_id], key=lambda a: a["id"])
         assert len(anns) == len(scene.objects)
@@ -120,7 +121,7 @@ def test_reader_reads_all_datasets_and_masks_match_the_scenes(built, datasets):
             assert ann["area"] == obj.area and ann["bbox"] == obj.bbox and ann["iscrowd"] == 0
     pool = datasets["synthref_pool"]
     first = min(pool.images)
-    scene = render_scene(_image_rng(0, _STREAM_POOL, 0), cfg.scene)
+    scene = render_scene(image_rng(0, STREAM_POOL, 0), cfg.scene)
     assert np.array_equal(pool.load_image(first), scene.image)
 
 
@@ -235,7 +236,7 @@ def test_pool_has_no_text_and_one_ref_per_object(datasets):
 
 # ------------------------------------------------------------------------------------------------ determinism, cache
 def test_same_seed_gives_identical_files_and_other_seed_differs(built, tmp_path):
-    again = build_synthref(tmp_path / "again", seed=0, progress=False, **TINY)
+    again = build_synthref(tmp_path / "again", seed=0, progress=False, workers=2, **TINY)  # workers do not matter
     assert tree_hashes(again) == tree_hashes(built)
     other = build_synthref(tmp_path / "other", seed=1, progress=False, **TINY)
     a, b = tree_hashes(built), tree_hashes(other)
@@ -259,6 +260,15 @@ def test_ensure_synthref_caches_by_config_and_rebuilds_partial(tmp_path):
     assert ensure_synthref(tmp_path, cfg, progress=False) == path
     assert not probe.exists() and (path / BUILD_MARKER).is_file()
     ReferDataset(path, "synthref")
+
+
+def test_yaml_defaults_equal_library_defaults():
+    """`make_synthref.py cached=true` and `ensure_synthref(root)` must share one cache entry."""
+    from omegaconf import OmegaConf
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "synthref.yaml"))
+    raw = {k: v for k, v in raw.items() if k not in ("defaults", "hydra")}
+    assert SynthRefConfig.from_cli(raw) == SynthRefConfig()
+    assert SynthRefConfig.from_cli(raw).cache_key() == SynthRefConfig().cache_key()
 
 
 def test_bad_config_and_unwritable_root(tmp_path):

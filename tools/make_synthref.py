@@ -19,13 +19,10 @@ from pseudo_ris.synthref import SynthRefConfig, build_synthref, ensure_synthref,
 from pseudo_ris.synthref.build import SynthRefError
 from pseudo_ris.synthref.preview import format_summary, save_preview
 
-_CLI_ONLY = ("root", "cached", "progress", "preview", "preview_count")
-
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="synthref")
 def main(cfg: DictConfig) -> None:
-    params = OmegaConf.to_container(cfg, resolve=True)
-    gen_cfg = SynthRefConfig.from_any({k: v for k, v in params.items() if k not in _CLI_ONLY})
+    gen_cfg = SynthRefConfig.from_cli(OmegaConf.to_container(cfg, resolve=True))
     if cfg.preview:
         out = save_preview(to_absolute_path(str(cfg.preview)), gen_cfg, count=int(cfg.preview_count))
         print(f"wrote {out}")
@@ -34,9 +31,9 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     try:
         if cfg.cached:
-            path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress))
+            path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
         else:
-            path = build_synthref(root, cfg=gen_cfg, progress=bool(cfg.progress))
+            path = build_synthref(root, cfg=gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
     except SynthRefError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

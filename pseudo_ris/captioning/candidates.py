@@ -15,7 +15,7 @@ import torch
 
 from .coca import CocaBundle
 from .decoding import beam_search, sample_rows
-from .steppers import MAX_CONTRAST_GROUP, CachedCocaStepper, ReferenceCocaStepper
+from .steppers import MAX_CONTRAST_GROUP, CachedCocaStepper, ReferenceCocaStepper, precompute_cross_kv
 
 __all__ = ["DecodeSetting", "Candidate", "default_settings", "generate_candidates", "encode_views"]
 
@@ -159,6 +159,7 @@ def generate_candidates(
                 sel = [r for r in rows if settings[r[1]].distinctive == distinctive]
                 if sel:
                     units.append((v, sel, n_masks if (distinctive and contrast_ok) else 1))
+        group_kv: dict[int, list] = {}  # cross-attention K/V per view group, computed once, reused by its chunks
         for chunk in _chunks_by_budget(units, batch_size):
             group_ids = sorted({g for g, _ in chunk})
             imgs = torch.cat([torch.arange(g * n_masks, (g + 1) * n_masks, device=device) for g in group_ids])
@@ -171,8 +172,22 @@ def generate_candidates(
             top_p = torch.tensor([float(settings[i].value) if settings[i].kind == "topp" else 1.0
                                   for _, i in rows], device=device)
             lat = latents[imgs]
-            stepper = stepper_cls(bundle.model, image_tokens[imgs], groups_all[imgs], lat @ lat.t(), own,
-                                  contrast, max_positions)
+            args = (bundle.model, image_tokens[imgs], groups_all[imgs], lat @ lat.t(), own, contrast, max_positions)
+            if cached:
+                for g in [g for g in group_kv if g not in group_ids]:
+                    del group_kv[g]  # chunks come in group order: a group left behind is never needed again
+                for g in group_ids:
+                    if g not in group_kv:
+                        group_kv[g] = precompute_cross_kv(
+                            bundle.model, image_tokens[g * n_masks:(g + 1) * n_masks])
+                if len(group_ids) == 1:
+                    kv = group_kv[group_ids[0]]
+                else:
+                    kv = [tuple(torch.cat([group_kv[g][layer][i] for g in group_ids]) for i in (0, 1))
+                          for layer in range(len(group_kv[group_ids[0]]))]
+                stepper = CachedCocaStepper(*args, cross_kv=kv)
+            else:
+                stepper = ReferenceCocaStepper(*args)
             seqs = sample_rows(stepper, sot_id=tok.sot_id, eos_id=tok.eot_id, pad_id=tok.pad_id, top_k=top_k,
                                top_p=top_p, min_len=min_len, max_len=max_len, generator=generator,
                                banned_ids=sorted({tok.pad_id, tok.sot_id} - {tok.eot_id}))

@@ -69,7 +69,7 @@ def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Ten
     if use_k.any():
         k = top_k[use_k].clamp(max=v).long()
         zk = z[use_k]
-        kth = torch.sort(zk, dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
+        kth = torch.topk(zk, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
         keep[use_k] = (zk >= kth) & finite[use_k]
     use_p = ~use_k
     if use_p.any():

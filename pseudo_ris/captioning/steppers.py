@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RowPairs", "build_pairs", "CachedCocaStepper", "ReferenceCocaStepper", "MAX_CONTRAST_GROUP"]
+__all__ = ["RowPairs", "build_pairs", "precompute_cross_kv", "CachedCocaStepper", "ReferenceCocaStepper", "MAX_CONTRAST_GROUP"]
 
 MAX_CONTRAST_GROUP = 30  # paper/official: contrast only for 2 <= N <= 30 masks
 
@@ -66,6 +66,24 @@ def build_pairs(own: torch.Tensor, contrast: torch.Tensor, groups: torch.Tensor,
     return RowPairs(row_idx, img_idx, weight, own_pair, has_contrast, counts)
 
 
+@torch.no_grad()
+def precompute_cross_kv(model: nn.Module, image_embs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per decoder layer, the cross-attention keys/values [M, H, S, Dh] of each image: computed once per image."""
+    dec = model.text_decoder
+    out = []
+    d = dec.width
+    for block in dec.cross_attn:
+        heads = block.attn.num_heads
+        kv_in = block.ln_1_kv(image_embs)
+        w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+        k = F.linear(kv_in, w[d:2 * d], None if b is None else b[d:2 * d])
+        v = F.linear(kv_in, w[2 * d:], None if b is None else b[2 * d:])
+        m, s, _ = k.shape
+        out.append((k.view(m, s, heads, -1).transpose(1, 2).contiguous(),
+                    v.view(m, s, heads, -1).transpose(1, 2).contiguous()))
+    return out
+
+
 def _check_blocks(blocks) -> None:
     from open_clip.transformer import ResidualAttentionBlock
 
@@ -83,7 +101,12 @@ class CachedCocaStepper:
     """Incremental CoCa decoding for rows x pairs with key-value caches (see module docstring)."""
 
     def __init__(self, model: nn.Module, image_embs: torch.Tensor, groups: torch.Tensor, similarity: torch.Tensor,
-                 own: torch.Tensor, contrast: torch.Tensor, max_positions: int):
+                 own: torch.Tensor, contrast: torch.Tensor, max_positions: int,
+                 cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """``image_embs`` [M,S,D]: CoCa image tokens of the M images; ``groups`` [M]: contrast group of each image;
+        ``similarity`` [M,M]; ``own`` [R], ``contrast`` [R]: each row's image and whether it is distinctive;
+        ``max_positions``: tokens that will be fed (sot included); ``cross_kv``: from ``precompute_cross_kv``
+        for these images, to share it between steppers."""
         self.text = model.text
         self.dec = model.text_decoder
         _check_blocks(self.text.transformer.resblocks)
@@ -107,17 +130,7 @@ class CachedCocaStepper:
         self.proj = self.dec.text_projection
         self.pairs = build_pairs(self.own, self.contrast, self.groups, self.similarity)
         self.has_contrast = self.pairs.has_contrast
-        with torch.no_grad():
-            self.cross_kv = []
-            for block in self.dec.cross_attn:
-                kv_in = block.ln_1_kv(image_embs)
-                w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
-                d = self.width
-                k = F.linear(kv_in, w[d:2 * d], None if b is None else b[d:2 * d])
-                v = F.linear(kv_in, w[2 * d:], None if b is None else b[2 * d:])
-                m, s, _ = k.shape
-                self.cross_kv.append((k.view(m, s, self.n_dec_heads, -1).transpose(1, 2).contiguous(),
-                                      v.view(m, s, self.n_dec_heads, -1).transpose(1, 2).contiguous()))
+        self.cross_kv = precompute_cross_kv(model, image_embs) if cross_kv is None else cross_kv
         self.text_cache = self._alloc(own.numel(), len(self.text.transformer.resblocks), self.text.width,
                                       self.n_text_heads)
         self.dec_cache = self._alloc(self.pairs.pair_row.numel(), len(self.dec.resblocks), self.width,

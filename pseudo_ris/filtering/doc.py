@@ -99,7 +99,8 @@ def _sort_key(value: float | None) -> float:
     return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def select_candidates(rows: Sequence[dict[str, Any]], policy: FilterPolicy, group_key: str = "") -> tuple[list[int], str]:
+def select_candidates(rows: Sequence[dict[str, Any]], policy: FilterPolicy,
+                      group_key: str = "") -> tuple[list[int], str]:
     """Indices of ``rows`` (all candidates of one mask, already scored) that are kept, and why:
     ``pass`` (threshold), ``fallback_random`` / ``fallback_topk``, ``single_mask``, or ``dropped``."""
     if not rows:

@@ -9,6 +9,7 @@ captioner and scorer may use different input sizes and statistics.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -73,13 +74,16 @@ class ClipScorer:
         """An open_clip model by name and pretrained tag or local checkpoint path (official: ``RN50``, ``openai``)."""
         import open_clip
 
+        if pretrained and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or
+                           os.sep in str(pretrained)) and not Path(pretrained).is_file():
+            raise ScorerLoadError(f"scorer checkpoint not found: {pretrained}")
         try:
             model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None, **overrides)
-        except RuntimeError as exc:  # state-dict mismatch
-            raise ScorerLoadError(f"scorer checkpoint {pretrained} does not match open_clip model {name!r}: "
-                                  f"{str(exc).splitlines()[0]}") from exc
-        except FileNotFoundError as exc:
-            raise ScorerLoadError(f"scorer checkpoint not found: {pretrained}") from exc
+        except Exception as exc:  # open_clip raises RuntimeError / AssertionError / KeyError on a mismatch
+            is_file = bool(pretrained) and Path(pretrained).is_file()
+            what = f"checkpoint {pretrained}" if is_file else f"pretrained={pretrained!r}"
+            raise ScorerLoadError(f"cannot load scorer {name!r} from {what} (does it match the model config?): "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         if not pretrained and hasattr(model, "text_decoder"):
             model.text_decoder.init_parameters()  # open_clip 3.3 CoCa trap (DESIGN 4)
         size = model.visual.image_size

@@ -95,7 +95,8 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
 
     summary = run_loop(name="coca", out_dir=out_dir, model=model, optimizer=optimizer, steps=cfg.steps,
                        recipe_hash=config_hash(cfg), step_fn=step_fn, checkpoint_every=cfg.checkpoint_every,
-                       grad_clip=cfg.grad_clip, params=params, progress=progress, after_step=clamp_scale,
+                       grad_clip=cfg.grad_clip, params=params, progress=progress, stop_after=cfg.stop_after,
+                       after_step=clamp_scale,
                        lr_at=lambda s: cosine_lr(s, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
     model.eval()
     path = out_dir / WEIGHTS_NAME.format(arch=cfg.arch)

@@ -26,9 +26,9 @@ class SamTrainConfig:
     """Tiny SAM trained with point/box prompts on generated scenes (DESIGN 7)."""
 
     arch: str = "tiny"                 # key of pseudo_ris.masks.sam.build_sam
-    steps: int = 5000
+    steps: int = 2000
     seed: int = 0
-    batch_images: int = 12
+    batch_images: int = 8
     prompts_per_image: int = 8
     background_prob: float = 0.15      # points off every object: target empty mask, predicted IoU 0
     box_prob: float = 0.2              # box prompts (trained on the single-mask output)
@@ -36,11 +36,12 @@ class SamTrainConfig:
     lr: float = 8e-4
     min_lr_frac: float = 0.05          # cosine decay ends at lr * min_lr_frac
     weight_decay: float = 0.01
-    warmup_steps: int = 200
+    warmup_steps: int = 150
     balanced_bce_frac: float = 0.35    # first fraction of steps: class-balanced BCE + dice, then plain BCE + dice
     iou_loss_weight: float = 1.0
     grad_clip: float = 1.0
     checkpoint_every: int = 100
+    stop_after: int | None = None      # stop early (export weights) after this many steps of the schedule
     scene: dict = field(default_factory=dict)  # overrides of the SynthRef scene config
 
 
@@ -48,10 +49,10 @@ class SamTrainConfig:
 class CocaTrainConfig:
     """Tiny CoCa trained on object crops with generic captions (DESIGN 6)."""
 
-    arch: str = "coca_synthref"   # project model config name for pseudo_ris.captioning.coca.load_coca
-    steps: int = 2500
+    arch: str = "coca_tiny"            # project model config name for pseudo_ris.captioning.coca.load_coca
+    steps: int = 1500
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 48
     objects_per_scene: int = 4         # crops drawn from one scene per batch slot group
     lr: float = 1e-3
     min_lr_frac: float = 0.05
@@ -62,6 +63,7 @@ class CocaTrainConfig:
     prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
+    stop_after: int | None = None
     captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
     scene: dict = field(default_factory=dict)
 
@@ -116,7 +118,7 @@ def config_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
 
 
-def config_hash(cfg: Any, ignore: tuple[str, ...] = ("checkpoint_every",)) -> str:
+def config_hash(cfg: Any, ignore: tuple[str, ...] = ("checkpoint_every", "stop_after")) -> str:
     """Stable short hash of a recipe; keys that do not change the trained weights are ignored."""
     values = {k: v for k, v in config_dict(cfg).items() if k not in ignore}
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]

@@ -61,8 +61,12 @@ def run_loop(*, name: str, out_dir: Path, model: torch.nn.Module, optimizer: tor
              steps: int, recipe_hash: str, lr_at: Callable[[int], float],
              step_fn: Callable[[int], dict[str, torch.Tensor]], checkpoint_every: int, grad_clip: float,
              params: list[torch.nn.Parameter] | None = None, progress: bool = True,
-             after_step: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Run steps ``[done, steps)``; ``step_fn(step)`` returns a dict with a scalar ``"loss"`` (plus logged terms)."""
+             after_step: Callable[[], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run steps ``[done, min(steps, stop_after))`` of a ``steps``-long schedule.
+
+    ``step_fn(step)`` returns a dict with a scalar ``"loss"`` (plus logged terms).
+    """
+    end = steps if stop_after is None else max(0, min(steps, int(stop_after)))
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_NAME
     done = load_state(state_path, model, optimizer, recipe_hash) if state_path.exists() else 0
@@ -71,7 +75,7 @@ def run_loop(*, name: str, out_dir: Path, model: torch.nn.Module, optimizer: tor
     t0 = time.time()
     last: dict[str, float] = {}
     window: list[dict[str, float]] = []
-    bar = tqdm(range(done, steps), initial=done, total=steps, desc=f"train {name}", disable=not progress,
+    bar = tqdm(range(done, end), initial=done, total=end, desc=f"train {name}", disable=not progress,
                dynamic_ncols=True)
     for step in bar:
         for group in optimizer.param_groups:
@@ -88,17 +92,17 @@ def run_loop(*, name: str, out_dir: Path, model: torch.nn.Module, optimizer: tor
         if after_step is not None:
             after_step()
         window.append({k: float(v.detach()) for k, v in terms.items()})
-        if len(window) >= 20 or step + 1 == steps:
+        if len(window) >= 20 or step + 1 == end:
             last = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
             append_jsonl(out_dir / LOG_NAME, [{"step": step + 1, "lr": lr_at(step),
                                                  "elapsed_s": round(time.time() - t0, 1), **last}])
             window = []
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+        if (step + 1) % checkpoint_every == 0 or step + 1 == end:
             save_state(state_path, model, optimizer, step + 1, recipe_hash)
     bar.close()
     model.eval()
-    return {"steps_done": steps, "resumed_from": done, "elapsed_s": time.time() - t0, "last": last}
+    return {"steps_done": max(end, done), "schedule_steps": steps, "resumed_from": done, "elapsed_s": time.time() - t0, "last": last}
 
 
 def write_recipe(out_dir: Path, kind: str, config: dict, recipe_hash: str, summary: dict, weights: str) -> Path:
@@ -112,6 +116,7 @@ def write_recipe(out_dir: Path, kind: str, config: dict, recipe_hash: str, summa
             runs = []
     runs.append({"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "resumed_from": summary["resumed_from"], "steps_done": summary["steps_done"],
+                 "schedule_steps": summary["schedule_steps"],
                  "elapsed_s": round(summary["elapsed_s"], 1), "last": summary["last"]})
     return atomic_write_json(path, {"model": kind, "weights": weights, "config": config, "config_hash": recipe_hash,
                                     "runs": runs}, indent=1)

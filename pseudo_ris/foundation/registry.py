@@ -15,7 +15,7 @@ from ..data.errors import PseudoRISError
 from .config import CocaTrainConfig, SamTrainConfig, config_hash, make_config
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "foundation"
-SHIPPED_FILES = {"sam": "sam_tiny.pt", "coca": "coca_synthref.pt"}
+SHIPPED_FILES = {"sam": "sam_tiny.pt", "coca": "coca_tiny.pt"}
 
 
 class MissingFoundationWeightsError(PseudoRISError):

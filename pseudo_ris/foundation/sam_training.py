@@ -49,21 +49,26 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, balanced: bool) -> torc
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of ``logits > 0`` with the target per mask; 0 for an empty target (background clicks: quality 0)."""
+    """IoU of ``logits > 0`` with ``target >= 0.5`` per mask; 0 for an empty target (background clicks: quality 0)."""
     pred = (logits > 0).flatten(-2).float()
-    t = target.flatten(-2)
+    t = (target >= 0.5).flatten(-2).float()
     inter = (pred * t).sum(-1)
     union = pred.sum(-1) + t.sum(-1) - inter
     return torch.where(t.sum(-1) > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
 def _decode(sam: Any, embedding: torch.Tensor, points=None, boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 4 output tokens (0 = single mask, 1-3 = multimask) at the input resolution: ``[P, 4, S, S]``, ``[P, 4]``."""
+    """All 4 output tokens (0 = single mask, 1-3 = multimask) at the decoder's low resolution: ``[P, 4, s, s]``."""
     sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-    low, iou = sam.mask_decoder.predict_masks(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
-                                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-    size = sam.image_encoder.img_size
-    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False), iou
+    return sam.mask_decoder.predict_masks(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
+
+def _low_res(target: torch.Tensor, size: int) -> torch.Tensor:
+    """Input-frame targets -> the decoder's output grid by area averaging (soft edges, thin parts kept)."""
+    if target.shape[-1] == size:
+        return target
+    return F.adaptive_avg_pool2d(target[:, None], size)[:, 0] if len(target) else target.new_zeros(0, size, size)
 
 
 def sam_step_loss(sam: Any, batches: list[SamImageBatch], balanced: bool,
@@ -72,12 +77,13 @@ def sam_step_loss(sam: Any, batches: list[SamImageBatch], balanced: bool,
     images = torch.stack([sam.preprocess(b.image) for b in batches])
     embeddings = sam.image_encoder(images)
     mask_terms, iou_terms, fg_ious = [], [], []
+    low = 4 * embeddings.shape[-1]  # the mask decoder upsamples the embedding grid 4x
     for b, emb in zip(batches, embeddings):
         emb = emb[None]
         if len(b.points):
             logits, iou_pred = _decode(sam, emb, points=(b.points, b.point_labels))
             logits, iou_pred = logits[:, 1:], iou_pred[:, 1:]
-            target = b.point_targets[:, None].expand_as(logits)
+            target = _low_res(b.point_targets, low)[:, None].expand_as(logits)
             per_out = bce_loss(logits, target, balanced) + dice_loss(logits, target)  # [P, 3]
             best = per_out.argmin(1)
             mask_terms.append(per_out.gather(1, best[:, None])[:, 0])
@@ -88,7 +94,7 @@ def sam_step_loss(sam: Any, batches: list[SamImageBatch], balanced: bool,
         if len(b.boxes):
             logits, iou_pred = _decode(sam, emb, boxes=b.boxes)
             logits, iou_pred = logits[:, :1], iou_pred[:, :1]
-            target = b.box_targets[:, None]
+            target = _low_res(b.box_targets, low)[:, None]
             mask_terms.append((bce_loss(logits, target, balanced) + dice_loss(logits, target))[:, 0])
             iou_terms.append(((iou_pred - mask_iou(logits.detach(), target)) ** 2)[:, 0])
     mask_l = torch.cat(mask_terms).mean()
@@ -122,7 +128,7 @@ def train_sam(cfg: SamTrainConfig | dict | None = None, out_dir: str | Path = "o
 
     summary = run_loop(name="sam", out_dir=out_dir, model=sam, optimizer=optimizer, steps=cfg.steps,
                        recipe_hash=config_hash(cfg), step_fn=step_fn, checkpoint_every=cfg.checkpoint_every,
-                       grad_clip=cfg.grad_clip, params=params, progress=progress,
+                       grad_clip=cfg.grad_clip, params=params, progress=progress, stop_after=cfg.stop_after,
                        lr_at=lambda s: cosine_lr(s, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
     path = out_dir / WEIGHTS_NAME.format(arch=cfg.arch)
     save_sam_checkpoint(sam, path, config=SAM_CONFIGS[cfg.arch])

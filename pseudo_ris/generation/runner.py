@@ -100,15 +100,25 @@ def _word_tokenizer(context_length: int = 32) -> Any:
     return WordTokenizer(words, context_length=context_length)
 
 
+def resolve_weights(value: Any, kind: str) -> Any:
+    """``"shipped"`` -> the project's SynthRef foundation weights of ``kind`` (sam | coca); other values as given."""
+    if value != "shipped":
+        return value
+    from pseudo_ris.foundation.registry import shipped_paths
+
+    return str(shipped_paths()[kind])
+
+
 def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
     from pseudo_ris.captioning import load_coca
 
+    pretrained = resolve_weights(cap.get("pretrained"), "coca")
     tokenizer = None
-    if cap.get("tokenizer") == "synthref_words" and not (cap.get("pretrained") and Path(cap["pretrained"]).is_file()):
+    if cap.get("tokenizer") == "synthref_words" and not (pretrained and Path(pretrained).is_file()):
         tokenizer = _word_tokenizer(int(cap.get("context_length", 32)))
     if cap.get("seed") is not None:
         torch.manual_seed(int(cap["seed"]))  # random-init models: reproducible weights
-    return load_coca(cap["name"], cap.get("pretrained"), tokenizer=tokenizer, device=device,
+    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device,
                      **(cap.get("overrides") or {}))
 
 
@@ -138,7 +148,7 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
 
     sel = SelectionConfig(**(cfg.get("selection") or {}))
     sam_cfg = dict(cfg.get("sam") or {})
-    sam_name, sam_ckpt = sam_cfg.pop("name", "tiny"), sam_cfg.pop("checkpoint", None)
+    sam_name, sam_ckpt = sam_cfg.pop("name", "tiny"), resolve_weights(sam_cfg.pop("checkpoint", None), "sam")
     sam_seed = sam_cfg.pop("seed", None)
 
     def sam_factory() -> Any:

@@ -58,14 +58,16 @@ class SelectionConfig:
 
 
 def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boolean masks ``a [N,H,W]`` and ``b [M,H,W]`` -> ``[N, M]``."""
+    """Pairwise IoU of boolean masks ``a [N,H,W]`` and ``b [M,H,W]`` -> ``[N, M]`` (on RLE: cheap for big images)."""
+    from pycocotools import mask as mask_utils
+
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    fa = a.reshape(len(a), -1).astype(np.float32)
-    fb = b.reshape(len(b), -1).astype(np.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+    def rles(stack: np.ndarray) -> list:
+        return mask_utils.encode(np.asfortranarray(np.moveaxis(stack.astype(np.uint8), 0, -1)))
+
+    return np.asarray(mask_utils.iou(rles(a), rles(b), [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))
 
 
 def select_objects(masks: list[ObjectMask], image_shape: tuple[int, int], cfg: SelectionConfig) -> list[ObjectMask]:
@@ -135,7 +137,8 @@ class GtMaskSource:
 
     def __call__(self, image: np.ndarray, image_id: Any = None, file_name: str | None = None) -> list[ObjectMask]:
         if image_id not in self.dataset.images:
-            raise MaskSourceError(f"masks=gt: image id {image_id!r} is not in dataset {getattr(self.dataset, 'name', '')}")
+            name = getattr(self.dataset, "name", "")
+            raise MaskSourceError(f"masks=gt: image id {image_id!r} is not in dataset {name}")
         h, w = image.shape[:2]
         out = []
         for ann_id in sorted(self._by_image.get(image_id, [])):
@@ -227,7 +230,8 @@ class ExternalMaskSource:
 
 def build_mask_source(kind: str, *, sam_factory: Callable[[], Any] | None = None, dataset: Any = None,
                       detections: str | os.PathLike | None = None, sam_kwargs: dict | None = None,
-                      external_kwargs: dict | None = None, selection: SelectionConfig = SelectionConfig()) -> MaskSource:
+                      external_kwargs: dict | None = None,
+                      selection: SelectionConfig = SelectionConfig()) -> MaskSource:
     """Factory used by the entry point: ``kind`` in ``sam | gt | external``."""
     if kind == "gt":
         if dataset is None:

@@ -31,9 +31,9 @@ import io
 import json
 import os
 import shutil
-import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -59,14 +59,15 @@ IMAGE_SUBDIR = "images/synthref"
 BUILD_MARKER = "synthref_build.json"
 _UMD_SPLIT = {"testA": "test", "testB": "test"}
 _POOL_ID_OFFSET = 1_000_000
-_STREAM_SPLITS, _STREAM_LABELLED, _STREAM_POOL = 0, 1, 2
+STREAM_SPLITS, STREAM_LABELLED, STREAM_POOL = 0, 1, 2
 
 
 class SynthRefError(PseudoRISError):
     """SynthRef cannot be built (unwritable root, impossible config)."""
 
 
-def _image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """Independent rng per (seed, stream, image): images do not depend on each other or on build order."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), stream, int(index)]))
 
 
@@ -79,7 +80,7 @@ def assign_splits(cfg: SynthRefConfig) -> list[str]:
     if counts["train"] < 0:
         raise SynthRefError(f"split_fractions {fracs} sum to more than 1")
     labels = [s for s in ("train", "val", "testA", "testB", "unseen") if s in counts for _ in range(counts[s])]
-    order = _image_rng(cfg.seed, _STREAM_SPLITS, 0).permutation(n)
+    order = image_rng(cfg.seed, STREAM_SPLITS, 0).permutation(n)
     return [labels[int(i)] for i in order]
 
 
@@ -100,7 +101,8 @@ def _png_bytes(image: np.ndarray, level: int) -> bytes:
     return buf.getvalue()
 
 
-def _scene_for_split(rng: np.random.Generator, cfg: SynthRefConfig, split: str) -> Scene:
+def scene_for_split(rng: np.random.Generator, cfg: SynthRefConfig, split: str) -> Scene:
+    """A scene obeying the split's concept rules (see the module docstring)."""
     held_s, held_c = set(cfg.held_out_shapes), set(cfg.held_out_colours)
     seen_shapes = [s for s in cfg.scene.shapes if s not in held_s]
     seen_colours = [c for c in cfg.scene.colours if c not in held_c]
@@ -124,7 +126,7 @@ def _eligible(obj: dict, split: str, cfg: SynthRefConfig) -> bool:
     return True
 
 
-def _must_name(obj: dict, split: str, cfg: SynthRefConfig) -> tuple[str, ...]:
+def must_name_attributes(obj: dict, split: str, cfg: SynthRefConfig) -> tuple[str, ...]:
     """An unseen target's held-out colour is always named (a held-out shape is named anyway: it is the noun)."""
     return ("colour",) if split == "unseen" and obj["colour"] in cfg.held_out_colours else ()
 
@@ -139,109 +141,149 @@ def _annotations(scene: Scene, image_id: int, cat_ids: dict[str, int]) -> list[d
     return anns
 
 
+def _labelled_image(job: tuple[SynthRefConfig, Path, int, str]) -> tuple[dict, list[dict], dict[str, list]]:
+    """Render, write and describe labelled image ``index`` (pure function of the config: safe in a worker).
+
+    Returns the image record, its annotations and, per dataset, ``(target position, texts)`` pairs; ids of refs
+    and sentences are assigned by the caller in image order so they do not depend on the number of workers.
+    """
+    cfg, image_dir, index, split = job
+    rng = image_rng(cfg.seed, STREAM_LABELLED, index)
+    scene = scene_for_split(rng, cfg, split)
+    size = cfg.scene.image_size
+    image_id = index + 1
+    file_name = f"synthref_{image_id:06d}.png"
+    atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image, cfg.png_compress_level))
+    image = {"id": image_id, "file_name": file_name, "height": size, "width": size, "split": split,
+             "background": scene.background}
+    anns = _annotations(scene, image_id, _category_ids(cfg))
+    objects = [{**a["attributes"], "bbox": a["bbox"]} for a in anns]
+    described: dict[str, list] = {name: [] for name in LABELLED_DATASETS}
+    n_refs = 0
+    for t in rng.permutation(len(objects)):
+        t = int(t)
+        if n_refs >= cfg.max_refs_per_image:
+            break
+        if not _eligible(objects[t], split, cfg):
+            continue
+        made = False
+        must_name = must_name_attributes(objects[t], split, cfg)
+        for name, (style, _) in LABELLED_DATASETS.items():
+            texts = generate_expressions(objects, t, style, rng, size, cfg.min_paraphrases, cfg.max_paraphrases,
+                                         cfg.overspecify_rate, cfg.extra_relation_rate, must_name)
+            if texts:
+                described[name].append((t, texts))
+                made = True
+        n_refs += made
+    return image, anns, described
+
+
+def _pool_image(job: tuple[SynthRefConfig, Path, int]) -> tuple[dict, list[dict]]:
+    """Render and write pool image ``index``: every concept, no text."""
+    cfg, image_dir, index = job
+    scene = render_scene(image_rng(cfg.seed, STREAM_POOL, index), cfg.scene)
+    size = cfg.scene.image_size
+    image_id = _POOL_ID_OFFSET + index + 1
+    file_name = f"pool_{index + 1:06d}.png"
+    atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image, cfg.png_compress_level))
+    image = {"id": image_id, "file_name": file_name, "height": size, "width": size, "split": "train",
+             "background": scene.background}
+    return image, _annotations(scene, image_id, _category_ids(cfg))
+
+
+def _categories(cfg: SynthRefConfig) -> list[dict]:
+    return [{"id": k + 1, "name": s, "supercategory": shape_family(s)} for k, s in enumerate(cfg.scene.shapes)]
+
+
+def _category_ids(cfg: SynthRefConfig) -> dict[str, int]:
+    return {c["name"]: c["id"] for c in _categories(cfg)}
+
+
+def _canonical(obj: Any) -> Any:
+    """Fresh objects with no shared strings: pickle memoises by object identity, so identical content built
+    in one process or in several would otherwise pickle to different bytes."""
+    return json.loads(json.dumps(obj))
+
+
+def _ordered_map(fn: Callable, jobs: list, workers: int, bar) -> Iterator:
+    """``map`` in job order, in ``workers`` processes when > 1; advances the progress bar."""
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            yield fn(job)
+            bar.update(1)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(fn, jobs, chunksize=16):
+            yield result
+            bar.update(1)
+
+
 def build_synthref(root: str | Path, seed: int | None = None, num_images: int | None = None,
                    pool_images: int | None = None, cfg: SynthRefConfig | Mapping[str, Any] | None = None,
-                   progress: bool = True) -> Path:
-    """Generate all SynthRef datasets under ``root`` (arguments override the same fields of ``cfg``)."""
+                   progress: bool = True, workers: int = 1) -> Path:
+    """Generate all SynthRef datasets under ``root`` (arguments override the same fields of ``cfg``).
+
+    ``workers`` > 1 renders images in that many processes; the files are identical for any number of workers.
+    """
     cfg = SynthRefConfig.from_any(cfg, seed=seed, num_images=num_images, pool_images=pool_images)
     root = Path(root).expanduser()
     _check_writable(root)
     (root / BUILD_MARKER).unlink(missing_ok=True)  # a rebuild is incomplete until the marker is rewritten
-    start = time.perf_counter()
     image_dir = root / IMAGE_SUBDIR
-    size = cfg.scene.image_size
-    categories = [{"id": k + 1, "name": s, "supercategory": shape_family(s)} for k, s in enumerate(cfg.scene.shapes)]
-    cat_ids = {c["name"]: c["id"] for c in categories}
+    image_dir.mkdir(parents=True, exist_ok=True)
+    categories = _categories(cfg)
+    bar = tqdm(total=cfg.num_images + cfg.pool_images, desc="SynthRef", unit="img", disable=not progress)
 
-    splits = assign_splits(cfg)
     images: list[dict] = []
     annotations: list[dict] = []
     refs: dict[str, list[dict]] = {name: [] for name in LABELLED_DATASETS}
     next_sent = {name: 1 for name in LABELLED_DATASETS}
-    bar = tqdm(total=cfg.num_images + cfg.pool_images, desc="SynthRef", unit="img", disable=not progress)
-    for index, split in enumerate(splits):
-        rng = _image_rng(cfg.seed, _STREAM_LABELLED, index)
-        scene = _scene_for_split(rng, cfg, split)
-        image_id = index + 1
-        file_name = f"synthref_{image_id:06d}.png"
-        atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image, cfg.png_compress_level))
-        images.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "split": split,
-                       "background": scene.background})
-        anns = _annotations(scene, image_id, cat_ids)
+    jobs = [(cfg, image_dir, index, split) for index, split in enumerate(assign_splits(cfg))]
+    for image, anns, described in _ordered_map(_labelled_image, jobs, workers, bar):
+        images.append(image)
         annotations.extend(anns)
-        objects = [{**a["attributes"], "bbox": a["bbox"]} for a in anns]
-        n_refs = 0
-        for t in rng.permutation(len(objects)):
-            t = int(t)
-            if n_refs >= cfg.max_refs_per_image:
-                break
-            if not _eligible(objects[t], split, cfg):
-                continue
-            made = False
-            must_name = _must_name(objects[t], split, cfg)
-            for name, (style, split_by) in LABELLED_DATASETS.items():
-                texts = generate_expressions(objects, t, style, rng, size, cfg.min_paraphrases, cfg.max_paraphrases,
-                                             cfg.overspecify_rate, cfg.extra_relation_rate, must_name)
-                if not texts:
-                    continue
-                sentences = []
-                for text in texts:
-                    sentences.append(make_sentence(next_sent[name], text))
-                    next_sent[name] += 1
-                ref_split = _UMD_SPLIT.get(split, split) if split_by == "umd" else split
-                refs[name].append({"ref_id": len(refs[name]) + 1, "ann_id": anns[t]["id"], "image_id": image_id,
-                                   "file_name": file_name, "split": ref_split, "category_id": anns[t]["category_id"],
+        for name, (_, split_by) in LABELLED_DATASETS.items():
+            for t, texts in described[name]:
+                sentences = [make_sentence(next_sent[name] + k, text) for k, text in enumerate(texts)]
+                next_sent[name] += len(texts)
+                split = image["split"]
+                refs[name].append({"ref_id": len(refs[name]) + 1, "ann_id": anns[t]["id"], "image_id": image["id"],
+                                   "file_name": image["file_name"],
+                                   "split": _UMD_SPLIT.get(split, split) if split_by == "umd" else split,
+                                   "category_id": anns[t]["category_id"],
                                    "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})
-                made = True
-            n_refs += made
-        bar.update(1)
 
     rel_image_dir = os.path.join("..", IMAGE_SUBDIR)
     info = {"generator": "synthref", "generator_version": GENERATOR_VERSION, "seed": cfg.seed,
-            "image_size": size, "held_out_shapes": list(cfg.held_out_shapes),
+            "image_size": cfg.scene.image_size, "held_out_shapes": list(cfg.held_out_shapes),
             "held_out_colours": list(cfg.held_out_colours), "test_split_families": dict(TEST_SPLIT_FAMILIES)}
     for name, (style, split_by) in LABELLED_DATASETS.items():
         write_refer_dataset(root, name, split_by=split_by, images=images, annotations=annotations,
-                            categories=categories, refs=refs[name], image_dir=rel_image_dir,
+                            categories=categories, refs=_canonical(refs[name]), image_dir=rel_image_dir,
                             extra_info={**info, "style": style})
 
-    # --- unlabelled pool: every concept, GT instances kept only for measuring pseudo-label quality / masks=gt
+    # --- unlabelled pool: every concept; GT instances only for measuring pseudo-label quality and masks=gt
     pool_imgs: list[dict] = []
     pool_anns: list[dict] = []
     pool_refs: list[dict] = []
-    for index in range(cfg.pool_images):
-        rng = _image_rng(cfg.seed, _STREAM_POOL, index)
-        scene = render_scene(rng, cfg.scene)
-        image_id = _POOL_ID_OFFSET + index + 1
-        file_name = f"pool_{index + 1:06d}.png"
-        atomic_write_bytes(image_dir / file_name, _png_bytes(scene.image, cfg.png_compress_level))
-        pool_imgs.append({"id": image_id, "file_name": file_name, "height": size, "width": size, "split": "train",
-                          "background": scene.background})
-        anns = _annotations(scene, image_id, cat_ids)
+    pool_jobs = [(cfg, image_dir, index) for index in range(cfg.pool_images)]
+    for image, anns in _ordered_map(_pool_image, pool_jobs, workers, bar):
+        pool_imgs.append(image)
         pool_anns.extend(anns)
         for ann in anns:
-            pool_refs.append({"ref_id": len(pool_refs) + 1, "ann_id": ann["id"], "image_id": image_id,
-                              "file_name": file_name, "split": "train", "category_id": ann["category_id"],
+            pool_refs.append({"ref_id": len(pool_refs) + 1, "ann_id": ann["id"], "image_id": image["id"],
+                              "file_name": image["file_name"], "split": "train", "category_id": ann["category_id"],
                               "sent_ids": [], "sentences": []})
-        bar.update(1)
     bar.close()
     write_refer_dataset(root, POOL_DATASET, split_by="unc", images=pool_imgs, annotations=pool_anns,
-                        categories=categories, refs=pool_refs, image_dir=rel_image_dir,
+                        categories=categories, refs=_canonical(pool_refs), image_dir=rel_image_dir,
                         extra_info={**info, "style": None, "unlabelled": True})
 
     summary = summarize(refs, pool_refs, images, pool_imgs)
     marker = {"config": cfg.to_dict(), "cache_key": cfg.cache_key(), "generator_version": GENERATOR_VERSION,
               "summary": summary}
-    atomic_write_json(root / BUILD_MARKER, marker, indent=2)  # last: marks the build complete
-    _LAST_BUILD_SECONDS[str(root)] = time.perf_counter() - start  # timing kept out of the files (determinism)
-    return root
-
-
-_LAST_BUILD_SECONDS: dict[str, float] = {}
-
-
-def last_build_seconds(root: str | Path) -> float | None:
-    return _LAST_BUILD_SECONDS.get(str(Path(root).expanduser()))
+    atomic_write_json(root / BUILD_MARKER, marker, indent=2)  # last: marks the build complete (no timings:
+    return root                                                # the files must be byte-identical per config)
 
 
 def summarize(refs: dict[str, list[dict]], pool_refs: list[dict], images: list[dict],
@@ -268,7 +310,7 @@ def is_complete(path: str | Path) -> bool:
 
 
 def ensure_synthref(root: str | Path, cfg: SynthRefConfig | Mapping[str, Any] | None = None,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, workers: int = 1) -> Path:
     """Return ``<root>/<cache key>``, building SynthRef there first unless a complete build exists.
 
     The key hashes the whole config and the generator version, so any change gives a new directory. A build
@@ -285,7 +327,7 @@ def ensure_synthref(root: str | Path, cfg: SynthRefConfig | Mapping[str, Any] | 
             return target
         if target.exists():
             shutil.rmtree(target)  # partial build of this exact config: only ever written by us
-        return build_synthref(target, cfg=cfg, progress=progress)
+        return build_synthref(target, cfg=cfg, progress=progress, workers=workers)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,10 @@ DEFAULT_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.70, "val": 0.08, "testA"
                                              "unseen": 0.10}
 
 
+#: keys of conf/synthref.yaml that steer the command line only (not part of the cache key)
+CLI_ONLY_KEYS: tuple[str, ...] = ("root", "cached", "progress", "workers", "preview", "preview_count")
+
+
 @dataclass
 class SynthRefConfig:
     """SynthRef sizes and generation parameters (Hydra: ``conf/synthref.yaml``)."""
@@ -60,6 +64,11 @@ class SynthRefConfig:
         config.validate()
         return config
 
+    @classmethod
+    def from_cli(cls, cfg: Mapping[str, Any]) -> "SynthRefConfig":
+        """From ``conf/synthref.yaml`` (a DictConfig or dict): drops the keys that only steer the CLI."""
+        return cls.from_any({k: v for k, v in cfg.items() if k not in CLI_ONLY_KEYS})
+
     def validate(self) -> None:
         for s in self.held_out_shapes:
             if s not in self.scene.shapes:
@@ -73,6 +82,10 @@ class SynthRefConfig:
             raise ValueError(f"unknown split(s) {bad} in split_fractions; allowed: {sorted(allowed)}")
         if self.num_images < 0 or self.pool_images < 0:
             raise ValueError("num_images and pool_images must be >= 0")
+        if self.split_fractions.get("unseen", 0) > 0 and not (self.held_out_shapes or self.held_out_colours):
+            raise ValueError("split 'unseen' needs held-out concepts (held_out_shapes / held_out_colours)")
+        if not 1 <= self.scene.min_objects <= self.scene.max_objects <= 99:
+            raise ValueError("need 1 <= scene.min_objects <= scene.max_objects <= 99")
         if not 1 <= self.min_paraphrases <= self.max_paraphrases:
             raise ValueError("need 1 <= min_paraphrases <= max_paraphrases")
 

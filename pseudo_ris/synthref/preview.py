@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pseudo_ris.data.io import atomic_write_bytes
-from pseudo_ris.synthref.build import LABELLED_DATASETS, _must_name, _scene_for_split
+from pseudo_ris.synthref.build import LABELLED_DATASETS, must_name_attributes, scene_for_split
 from pseudo_ris.synthref.config import SynthRefConfig
 from pseudo_ris.synthref.expressions import generate_expressions
-from pseudo_ris.synthref.scene import _erode
+from pseudo_ris.synthref.scene import erode_mask
 
 _PREVIEW_STREAM = 7
 
@@ -49,7 +49,7 @@ def preview_grid(cfg: SynthRefConfig | None = None, count: int = 6, columns: int
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _PREVIEW_STREAM, index]))
         index += 1
         split = "unseen" if len(cells) == count - 1 else "train"  # last tile shows a held-out concept
-        scene = _scene_for_split(rng, cfg, split)
+        scene = scene_for_split(rng, cfg, split)
         objects = [o.as_oracle_object() for o in scene.objects]
         # prefer targets that share their shape with another object: the interesting, distinctive case
         order = sorted(range(len(objects)), key=lambda i: -sum(o["shape"] == objects[i]["shape"] for o in objects))
@@ -58,7 +58,7 @@ def preview_grid(cfg: SynthRefConfig | None = None, count: int = 6, columns: int
                      or objects[i]["colour"] in cfg.held_out_colours]
         for t in order:
             texts = {name: generate_expressions(objects, t, style, rng, size, 1, 1,
-                                                must_name=_must_name(objects[t], split, cfg))
+                                                must_name=must_name_attributes(objects[t], split, cfg))
                      for name, (style, _) in LABELLED_DATASETS.items()}
             if all(texts.values()):
                 break
@@ -67,10 +67,10 @@ def preview_grid(cfg: SynthRefConfig | None = None, count: int = 6, columns: int
         img = Image.fromarray(scene.image).resize((tile, tile), Image.NEAREST)
         mask = np.asarray(Image.fromarray(scene.objects[t].mask.astype(np.uint8) * 255).resize(
             (tile, tile), Image.NEAREST)) > 0
-        edge = mask & ~_erode(_erode(_erode(mask)))
+        edge = mask & ~erode_mask(erode_mask(erode_mask(mask)))
         arr = np.asarray(img).copy()
         arr[edge] = (255, 255, 255)
-        outer = _erode(_erode(~mask)) ^ ~mask  # dark halo just outside, visible on light backgrounds
+        outer = erode_mask(erode_mask(~mask)) ^ ~mask  # dark halo just outside, visible on light backgrounds
         arr[outer] = (0, 0, 0)
         header_h = 86
         cell = Image.new("RGB", (tile, tile + header_h), (255, 255, 255))

@@ -168,7 +168,7 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, angle: float, size: 
     return np.asarray(img) > 127
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
+def erode_mask(mask: np.ndarray) -> np.ndarray:
     """4-neighbour binary erosion (pixels on the image border count as interior)."""
     out = mask.copy()
     out[1:, :] &= mask[:-1, :]
@@ -291,7 +291,7 @@ def _try_scene(rng, cfg: SceneConfig, shapes, colours, first, size) -> Scene | N
         visible = [vis & ~full for vis in visible]
         visible.append(full)
         specs.append({"shape": shape, "colour": colour, "size": "big" if big else "small", "radius": r,
-                      "full_area": area, "rgb": base, "edge": full & ~_erode(full)})
+                      "full_area": area, "rgb": base, "edge": full & ~erode_mask(full)})
     if len(specs) < cfg.min_objects:
         return None
 

@@ -1,0 +1,289 @@
+"""SynthRef foundation models: training loops, resume, generic captions, shipped weights (pseudo_ris.foundation)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pseudo_ris.foundation import (CocaTrainConfig, GenericCaptionConfig, SamTrainConfig, ensure_foundation_models,
+                                   train_coca, train_sam)
+from pseudo_ris.foundation.config import FoundationConfigError, config_dict, config_hash, make_config
+from pseudo_ris.foundation.data import (caption_vocabulary, coca_batch, compatible, generic_caption, prompt_text,
+                                        sam_image_batch, scene_at)
+from pseudo_ris.foundation.loop import ResumeMismatchError
+from pseudo_ris.synthref.vocab import (ABSOLUTE_LOCATION_WORDS, COLOURS, RELATION_PHRASES, SHAPES, SIZE_SYNONYMS,
+                                       SIZES)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# tiny recipes: a few steps of the real loops in seconds
+SAM_FAST = dict(steps=3, batch_images=2, prompts_per_image=3, warmup_steps=1, checkpoint_every=1)
+COCA_FAST = dict(steps=3, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- generic captions ------------------------------------------------------------------------------------------------
+
+def _distinctive_words() -> set[str]:
+    words = set(ABSOLUTE_LOCATION_WORDS)
+    for phrases in RELATION_PHRASES.values():
+        for phrase in phrases:
+            words.update(phrase.split())
+    # comparatives/superlatives single an object out relative to others; plain "small"/"big" are attributes
+    words.update(w for ws in SIZE_SYNONYMS.values() for w in ws if w.endswith(("er", "est")))
+    return words - {"a", "an", "the", "of", "to", "on", "in"}  # function words inside phrases are not cues alone
+
+
+def test_generic_captions_never_use_distinctive_words_and_state_the_truth():
+    rng = np.random.default_rng(0)
+    banned = _distinctive_words()
+    assert {"left", "right", "above", "below", "next", "beside", "biggest", "smaller"} <= banned
+    vocab = set(caption_vocabulary())
+    for _ in range(3000):
+        shape, colour, size = SHAPES[rng.integers(len(SHAPES))], COLOURS[rng.integers(len(COLOURS))], \
+            SIZES[rng.integers(2)]
+        caption, stated = generic_caption(shape, colour, size, rng)
+        words = caption.split()
+        assert not banned & set(words), caption
+        assert set(words) <= vocab, caption
+        assert shape in words and stated["shape"] == shape
+        assert (colour in words) == ("colour" in stated) and (size in words) == ("size" in stated)
+        assert set(prompt_text(stated).split()) <= vocab
+
+
+def test_generic_caption_attribute_rates_are_independent_of_each_other():
+    rng = np.random.default_rng(1)
+    cfg = GenericCaptionConfig()
+    stated = [generic_caption("circle", "red", "big", rng, cfg)[1] for _ in range(4000)]
+    size = np.array(["size" in s for s in stated])
+    colour = np.array(["colour" in s for s in stated])
+    assert abs(size.mean() - cfg.size_prob) < 0.03 and abs(colour.mean() - cfg.colour_prob) < 0.03
+    assert abs((size & colour).mean() - cfg.size_prob * cfg.colour_prob) < 0.03
+
+
+def test_caption_articles_agree():
+    rng = np.random.default_rng(2)
+    cfg = GenericCaptionConfig(size_prob=0.0, colour_prob=1.0, templates={"{a} {np}": 1.0})
+    assert generic_caption("circle", "orange", "big", rng, cfg)[0] == "an orange circle"
+    assert generic_caption("circle", "red", "big", rng, cfg)[0] == "a red circle"
+
+
+def test_compatibility_is_what_the_text_states():
+    objs = [{"shape": "circle", "colour": "red", "size": "big"}, {"shape": "circle", "colour": "blue", "size": "big"}]
+    stated = [{"shape": "circle"}, {"shape": "circle", "colour": "red"}, {"shape": "star"}]
+    assert compatible(stated, objs).tolist() == [[True, True, False], [True, False, False]]
+
+
+# --- data streams ----------------------------------------------------------------------------------------------------
+
+def test_scene_streams_are_deterministic_and_disjoint():
+    a, b = scene_at("sam_train", 0, 5), scene_at("sam_train", 0, 5)
+    assert np.array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, scene_at("sam_eval", 0, 5).image)
+    assert not np.array_equal(a.image, scene_at("sam_train", 1, 5).image)
+
+
+def test_sam_prompts_hit_their_targets():
+    scene = scene_at("test", 0, 0)
+    rng = np.random.default_rng(0)
+    batch = sam_image_batch(scene, rng, 128, 40, background_prob=0.3, box_prob=0.2, box_jitter=0.0)
+    assert len(batch.points) + len(batch.boxes) == 40
+    for (x, y), target in zip(batch.points[:, 0].tolist(), batch.point_targets):
+        assert target.sum() == 0 or target[int(y), int(x)] == 1  # the click lies on its own target
+    assert (batch.point_targets.flatten(1).sum(1) == 0).any()  # some background clicks
+    for box, target in zip(batch.boxes.tolist(), batch.box_targets):
+        ys, xs = torch.nonzero(target, as_tuple=True)
+        assert xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1
+
+
+def test_coca_batch_uses_generator_views():
+    rng = np.random.default_rng(0)
+    scenes = (scene_at("test", 0, i) for i in range(50))
+    batch = coca_batch(scenes, rng, 64, 12, 2, GenericCaptionConfig(), prompt_prob=0.5)
+    assert batch.images.shape == (12, 3, 64, 64) and 0 <= batch.images.min() and batch.images.max() <= 1
+    assert set(batch.views) <= {0, 1, 2, 3}
+    assert any(t.startswith("a photo of") for t in batch.texts)
+
+
+# --- losses ----------------------------------------------------------------------------------------------------------
+
+def test_balanced_bce_gives_objects_half_the_weight():
+    from pseudo_ris.foundation.sam_training import bce_loss
+
+    target = torch.zeros(1, 8, 8)
+    target[0, :2, :2] = 1
+    pos_wrong = torch.where(target > 0, -3.0, -3.0)  # objects missed, background right
+    neg_wrong = torch.where(target > 0, 3.0, 3.0)    # objects right, background wrong
+    assert torch.allclose(bce_loss(pos_wrong, target, True), bce_loss(neg_wrong, target, True), atol=1e-5)
+    assert bce_loss(pos_wrong, target, False) < bce_loss(neg_wrong, target, False)  # plain BCE favours background
+
+
+def test_multi_positive_contrastive_prefers_compatible_pairs():
+    from pseudo_ris.foundation.coca_training import multi_positive_contrastive
+
+    img = torch.nn.functional.normalize(torch.eye(3), dim=-1)
+    pos = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    aligned = multi_positive_contrastive(img, img, torch.tensor(10.0), pos)
+    shuffled = multi_positive_contrastive(img, img[[2, 0, 1]], torch.tensor(10.0), pos)
+    assert aligned < shuffled
+
+
+# --- training loops --------------------------------------------------------------------------------------------------
+
+def test_sam_loss_decreases_on_a_fixed_batch():
+    from pseudo_ris.foundation.sam_training import sam_step_loss
+    from pseudo_ris.masks.sam import build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny").train()
+    rng = np.random.default_rng(0)
+    batches = [sam_image_batch(scene_at("test", 0, i), rng, 128, 4, 0.15, 0.25, 0.1) for i in range(2)]
+    opt = torch.optim.AdamW(sam.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(8):
+        loss = sam_step_loss(sam, batches, balanced=True, iou_loss_weight=1.0)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_train_sam_reloads_and_resumes(tmp_path):
+    from pseudo_ris.masks.sam import build_sam
+
+    out = tmp_path / "sam"
+    path = train_sam(dict(SAM_FAST, stop_after=2), out_dir=out, progress=False)
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    assert state["step"] == 2
+    path = train_sam(SAM_FAST, out_dir=out, progress=False)  # same recipe: continues at step 2
+    record = json.loads((out / "recipe.json").read_text())
+    assert [r["resumed_from"] for r in record["runs"]] == [0, 2] and record["runs"][-1]["steps_done"] == 3
+    assert torch.load(out / "train_state.pt", weights_only=False)["step"] == 3
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["loss"]) for row in logged)
+    sam = build_sam("tiny", checkpoint=path)
+    trained = dict(sam.named_parameters())
+    fresh = dict(build_sam("tiny").named_parameters())
+    assert any(not torch.equal(trained[k], fresh[k]) for k in trained)
+    with pytest.raises(ResumeMismatchError):
+        train_sam(dict(SAM_FAST, lr=1e-2), out_dir=out, progress=False)
+
+
+def test_train_coca_reloads_into_open_clip(tmp_path):
+    from pseudo_ris.captioning.coca import load_coca
+
+    path = train_coca(COCA_FAST, out_dir=tmp_path / "coca", progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "coca" / "train_log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(row["caption"]) and np.isfinite(row["contrastive"]) for row in logged)
+    bundle = load_coca(CocaTrainConfig().arch, pretrained=path)
+    assert bundle.tokenizer.vocab_size == len(caption_vocabulary()) + 4
+    pixels = bundle.preprocess(torch.rand(2, 3, bundle.image_size, bundle.image_size))
+    out = bundle.model(pixels, bundle.tokenizer.encode(["a red circle", "a star"]))
+    assert torch.isfinite(out["logits"]).all() and out["logits"].std() > 0
+
+
+def test_coca_loss_decreases_on_a_fixed_batch():
+    from pseudo_ris.captioning.coca import load_coca
+    from pseudo_ris.foundation.coca_training import coca_step_loss, synthref_tokenizer
+
+    torch.manual_seed(0)
+    bundle = load_coca("coca_tiny", tokenizer=synthref_tokenizer())
+    bundle.model.train()
+    rng = np.random.default_rng(0)
+    batch = coca_batch((scene_at("test", 0, i) for i in range(50)), rng, bundle.image_size, 8, 2,
+                       GenericCaptionConfig(), 0.3)
+    pos = compatible(batch.stated, batch.objects)
+    opt = torch.optim.AdamW(bundle.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = coca_step_loss(bundle, batch.images, batch.captions, batch.texts, pos, 1.0, 1.0)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+# --- configs and the command line ------------------------------------------------------------------------------------
+
+def test_yaml_mirrors_dataclass_defaults():
+    conf = yaml.safe_load((ROOT / "conf" / "foundation.yaml").read_text())
+    assert conf["sam"] == config_dict(SamTrainConfig())
+    assert conf["coca"] == config_dict(CocaTrainConfig())
+
+
+def test_config_rejects_unknown_keys_and_hash_ignores_bookkeeping():
+    with pytest.raises(FoundationConfigError, match="lrr"):
+        make_config(SamTrainConfig, {"lrr": 1})
+    base = SamTrainConfig()
+    assert config_hash(base) == config_hash(make_config(SamTrainConfig, base, checkpoint_every=7, stop_after=3))
+    assert config_hash(base) != config_hash(make_config(SamTrainConfig, base, seed=1))
+
+
+def test_command_line_runs_a_few_steps(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "train_foundation.py"), "model=sam", "steps=2", "seed=3",
+           f"out={tmp_path / 'cli'}", "sam.batch_images=2", "sam.prompts_per_image=2", "evaluate=false",
+           "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    record = json.loads((tmp_path / "cli" / "recipe.json").read_text())
+    assert record["config"]["seed"] == 3 and record["runs"][-1]["steps_done"] == 2
+    assert (tmp_path / "cli" / "sam_tiny.pt").is_file()
+
+
+# --- shipped weights -------------------------------------------------------------------------------------------------
+
+def test_shipped_weights_load_and_are_small():
+    from pseudo_ris.captioning.coca import load_coca
+    from pseudo_ris.masks.sam import build_sam
+
+    paths = ensure_foundation_models(ROOT / ".cache-unused", retrain=False)
+    assert set(paths) == {"sam", "coca"}
+    for path in paths.values():
+        assert path.is_file() and path.stat().st_size < 10 * 2 ** 20
+        assert "assets" in path.parts  # inside the package
+    sam = build_sam("tiny", checkpoint=paths["sam"])
+    assert sum(p.numel() for p in sam.parameters()) > 0
+    bundle = load_coca(CocaTrainConfig().arch, pretrained=paths["coca"])
+    logits = bundle.model(bundle.preprocess(torch.rand(1, 3, bundle.image_size, bundle.image_size)),
+                          bundle.tokenizer.encode(["a circle"]))["logits"]
+    assert torch.isfinite(logits).all() and logits.std() > 0
+    assert not (ROOT / ".cache-unused").exists()  # nothing trained without retrain=True
+
+
+def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
+    import pseudo_ris.foundation as foundation
+
+    calls = []
+
+    def fake_train(kind):
+        def train(cfg, out_dir, progress=True):
+            calls.append(kind)
+            out_dir.mkdir(parents=True)
+            (out_dir / "w.pt").write_bytes(b"x")
+            (out_dir / "recipe.json").write_text(json.dumps({"weights": "w.pt"}))
+            return out_dir / "w.pt"
+        return train
+
+    monkeypatch.setattr(foundation, "train_sam", fake_train("sam"))
+    monkeypatch.setattr(foundation, "train_coca", fake_train("coca"))
+    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
+    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
+    assert first == again and calls == ["sam", "coca"]  # the second call reuses the finished runs
+    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST)
+    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "sam"]
