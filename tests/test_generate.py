@@ -125,6 +125,8 @@ def test_refilter_reuses_candidates_without_captioning(synthref_root, tmp_path, 
                            "filter.threshold=1e9", "filter.fallback=topk", "filter.topk=2"))
     assert topk["refs"] == topk["masks_kept"] == base["masks_kept"]  # every mask keeps its 2 best
     assert _rows(out) == before  # the shard files are untouched by filtering
+    with pytest.raises(runner.PseudoRISError, match="no candidate store"):
+        runner.run(_cfg(tmp_path / "empty", f"data_root={synthref_root}", "stage=filter"))
 
 
 def test_folder_source_with_unreadable_image_and_sam_masks(tmp_path):

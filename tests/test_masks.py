@@ -104,13 +104,15 @@ class _FakeRefer:
             1: {"id": 1, "image_id": 7, "category_id": 1, "segmentation": mask_to_rle(_rect(20, 30, 0, 5, 0, 5))},
             2: {"id": 2, "image_id": 7, "category_id": 1, "segmentation": [[10, 10, 20, 10, 20, 18, 10, 18]]},
             3: {"id": 3, "image_id": 8, "category_id": 1, "segmentation": mask_to_rle(_rect(20, 30, 0, 5, 0, 5))},
+            4: {"id": 4, "image_id": 7, "category_id": 1, "iscrowd": 1,
+                "segmentation": mask_to_rle(_rect(20, 30, 10, 20, 0, 30))},
         }
 
 
 def test_gt_source_returns_the_image_instances():
     src = GtMaskSource(_FakeRefer())
     masks = src(np.zeros((20, 30, 3), np.uint8), image_id=7)
-    assert [m.meta["ann_id"] for m in masks] == [1, 2]
+    assert [m.meta["ann_id"] for m in masks] == [1, 2]  # ann 3 is on another image, ann 4 is a crowd
     assert np.array_equal(masks[0].mask, _rect(20, 30, 0, 5, 0, 5))
     assert masks[1].mask[12, 15] and not masks[1].mask[5, 5]
     with pytest.raises(MaskSourceError):

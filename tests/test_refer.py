@@ -121,3 +121,17 @@ def test_dataset_dir_is_copyable(handmade_refer, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(handmade_refer, moved)
     assert ReferDataset(moved, "refcoco").load_image(1).shape == (20, 30, 3)
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+
+    from pseudo_ris.data.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "hi"
+    assert (path.stat().st_mode & 0o777) == 0o644

@@ -309,3 +309,11 @@ def test_preview_png(tmp_path):
     out = save_preview(tmp_path / "prev.png", SynthRefConfig(), count=4)
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 3 * 128 and img.height > 2 * 128
+
+
+def test_vocab_covers_every_generated_word(datasets):
+    from pseudo_ris.synthref.vocab import all_words
+    words = set(all_words())
+    for name in ("synthref", "synthref+", "synthrefg"):
+        used = {t for r in datasets[name].refs for s in r["sentences"] for t in s["tokens"]}
+        assert used <= words, sorted(used - words)

@@ -144,3 +144,14 @@ def test_poly_schedule():
     assert fn(0) == 1.0
     assert fn(50) == pytest.approx(0.5 ** 0.9)
     assert fn(100) == 0.0 and fn(150) == 0.0
+
+
+def test_resolve_data(tiny_ris_data, tmp_path):
+    from ris_models.prepare import DataRootError, resolve_data
+
+    cfg = {"dataset": {"name": "refcoco"}, "data_root": str(tiny_ris_data["data_root"]), "pseudo_root": None}
+    assert resolve_data(cfg).data_root == tiny_ris_data["data_root"] and resolve_data(cfg).pseudo_root is None
+    with pytest.raises(DataRootError, match="needs data_root"):
+        resolve_data({"dataset": {"name": "refcoco"}, "data_root": None})
+    with pytest.raises(DataRootError, match="does not exist"):
+        resolve_data({"dataset": {"name": "synthref"}, "data_root": str(tmp_path / "nope")})

@@ -16,7 +16,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from pseudo_ris.synthref import SynthRefConfig, build_synthref, ensure_synthref, read_build_info
-from pseudo_ris.synthref.build import SynthRefError
+from pseudo_ris.synthref.build import SynthRefError, is_complete
 from pseudo_ris.synthref.preview import format_summary, save_preview
 
 
@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> None:
         return
     root = Path(to_absolute_path(str(Path(str(cfg.root)).expanduser())))
     start = time.perf_counter()
+    reused = bool(cfg.cached) and is_complete(root / gen_cfg.cache_key())
     try:
         if cfg.cached:
             path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
@@ -39,7 +40,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2) from exc
     elapsed = time.perf_counter() - start
     info = read_build_info(path)
-    print(f"SynthRef written to {path} (cache key {info['cache_key']}) in {elapsed:.1f} s")
+    verb = "reused (complete build found)" if reused else f"written in {elapsed:.1f} s"
+    print(f"SynthRef at {path} (cache key {info['cache_key']}): {verb}")
     print(format_summary(info["summary"]))
 
 

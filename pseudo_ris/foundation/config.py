@@ -26,7 +26,7 @@ class SamTrainConfig:
     """Tiny SAM trained with point/box prompts on generated scenes (DESIGN 7)."""
 
     arch: str = "tiny"                 # key of pseudo_ris.masks.sam.build_sam
-    steps: int = 2000
+    steps: int = 1500
     seed: int = 0
     batch_images: int = 8
     prompts_per_image: int = 8

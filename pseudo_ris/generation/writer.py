@@ -17,7 +17,7 @@ from typing import Any
 
 from pseudo_ris.data.refer import make_sentence, write_refer_dataset
 from pseudo_ris.filtering.doc import FilterPolicy, rescore, select_candidates
-from pseudo_ris.generation.store import _rewrite, load_all
+from pseudo_ris.generation.store import StoreError, _rewrite, load_all, shard_files
 
 DEFAULT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
@@ -57,6 +57,7 @@ def filter_candidates(images: list[dict], candidates: list[dict], policy: Filter
         "candidates": len(out), "kept": sum(r["kept"] for r in out),
         "mean_doc": sum(docs) / len(docs) if docs else None,
         "mean_doc_kept": sum(kept_docs) / len(kept_docs) if kept_docs else None,
+        "median_doc": float(sorted(docs)[len(docs) // 2]) if docs else None,
         "mask_decisions": dict(reasons), "policy": asdict(policy),
     }
     return FilterResult(images, out, summary)
@@ -121,6 +122,8 @@ def filter_store(out_dir: str | Path, policy: FilterPolicy, *, dataset_root: str
                  image_dir: str | Path, categories: list[dict] | None = None, merge: bool = True,
                  extra_info: dict | None = None) -> FilterResult:
     """Load all shards of ``out_dir``, filter with ``policy``, write the REFER dataset and the merged store."""
+    if not shard_files(out_dir):
+        raise StoreError(f"no candidate store in {out_dir} (images.shard*of*.jsonl): run stage=generate first")
     images, candidates = load_all(out_dir)
     result = filter_candidates(images, candidates, policy)
     imgs, anns, cats, refs = build_refer_records(result, categories)

@@ -143,6 +143,8 @@ class GtMaskSource:
         out = []
         for ann_id in sorted(self._by_image.get(image_id, [])):
             ann = self.dataset.anns[ann_id]
+            if ann.get("iscrowd", 0):
+                continue  # COCO crowd regions are not single objects
             m = decode_segmentation(ann["segmentation"], h, w)
             out.append(ObjectMask(m, 1.0, "gt", {"ann_id": ann_id, "category_id": ann.get("category_id")}))
         return select_objects(out, image.shape, self.selection)

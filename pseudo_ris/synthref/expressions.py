@@ -138,6 +138,8 @@ def _add_true_relation(objects, target, desc, relations, rng, image_size) -> Des
 # rendering descriptions as text
 # ---------------------------------------------------------------------------------------------------------------
 
+#: understood by the oracle but not generated ("on top of" reads as stacking, "by" is too vague)
+_PARSE_ONLY_PHRASES = frozenset({"by", "on top of"})
 _SIZE_WORDS = {"small": ("small", "small", "little"), "big": ("big", "big", "large")}
 _LOC_SUFFIX = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
                "middle": "in the middle"}
@@ -178,7 +180,7 @@ def _variants(desc: Description, style: str, rng: np.random.Generator) -> list[s
     out: list[str] = []
     if desc.relation is not None:
         table = PLUS_RELATION_PHRASES if style == "refcoco+" else RELATION_PHRASES
-        phrases = [p for p in table[desc.relation] if p != "by"]
+        phrases = [p for p in table[desc.relation] if p not in _PARSE_ONLY_PHRASES]
         anchor = _adj(desc.anchor, rng)
         for _ in range(4):
             phrase = str(rng.choice(phrases))

@@ -247,8 +247,9 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig | Mapping[str, Any] 
 
 def _try_scene(rng, cfg: SceneConfig, shapes, colours, first, size) -> Scene | None:
     n_target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    specs: list[dict] = []  # placed objects: shape, colour, size, mask (full), radius, angle
+    specs: list[dict] = []  # placed objects: attributes, radius, full area, colour, rim pixels
     visible: list[np.ndarray] = []
+    areas: list[int] = []  # visible area of each placed object
     for i in range(n_target):
         # --- attributes -------------------------------------------------------------------------------------
         if i == 0 and first:
@@ -276,8 +277,13 @@ def _try_scene(rng, cfg: SceneConfig, shapes, colours, first, size) -> Scene | N
             if area < cfg.min_visible_px:
                 continue
             ok = True
-            for spec, vis in zip(specs, visible):
-                left = int((vis & ~full).sum())
+            # only the new shape's box can change what is visible below it
+            ext = 1.2 * r + 2  # polygons reach at most ~1.16 r from the centre (rotated square corners)
+            y0, y1 = max(int(cy - ext), 0), min(int(cy + ext) + 1, size)
+            x0, x1 = max(int(cx - ext), 0), min(int(cx + ext) + 1, size)
+            window = full[y0:y1, x0:x1]
+            for spec, vis, vis_area in zip(specs, visible, areas):
+                left = vis_area - int(np.count_nonzero(vis[y0:y1, x0:x1] & window))
                 if left < cfg.min_visible_frac * spec["full_area"] or left < cfg.min_visible_px:
                     ok = False
                     break
@@ -290,6 +296,7 @@ def _try_scene(rng, cfg: SceneConfig, shapes, colours, first, size) -> Scene | N
             continue
         visible = [vis & ~full for vis in visible]
         visible.append(full)
+        areas = [int(np.count_nonzero(vis)) for vis in visible]
         specs.append({"shape": shape, "colour": colour, "size": "big" if big else "small", "radius": r,
                       "full_area": area, "rgb": base, "edge": full & ~erode_mask(full)})
     if len(specs) < cfg.min_objects:
@@ -309,6 +316,6 @@ def _try_scene(rng, cfg: SceneConfig, shapes, colours, first, size) -> Scene | N
                                    mask=vis, bbox=mask_to_bbox(vis), depth=depth, full_area=spec["full_area"],
                                    radius=round(spec["radius"], 3)))
     if cfg.pixel_noise > 0:
-        canvas = canvas + rng.normal(0.0, cfg.pixel_noise, size=canvas.shape).astype(np.float32)
+        canvas += np.float32(cfg.pixel_noise) * rng.standard_normal(canvas.shape, dtype=np.float32)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     return Scene(image=image, objects=objects, background=kind)

@@ -109,5 +109,5 @@ def all_words() -> list[str]:
         for p in phrases:
             words.update(p.split())
     words.update(["that", "is", "and", "on", "of", "in", "at", "to", "picture", "image", "photo", "which", "with",
-                  "one", "side", "colored", "coloured", "sized"])
+                  "one", "side", "shown", "colored", "coloured", "sized"])
     return sorted(words)

@@ -8,8 +8,11 @@ written here because open_clip's ``AttentionPool2d`` returns only the pooled tok
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,31 @@ def _clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return load_state_dict(str(path))
 
 
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """open_clip warns on the root logger for every random-init build; random init is intended here (tiny presets,
+    or weights loaded right after), so drop that one message while building."""
+    root = logging.getLogger()
+    flt = _DropRandomInitNotice()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _random_clip(arch: str, overrides: dict[str, Any]) -> nn.Module:
+    import open_clip
+
+    with _quiet_random_init():
+        return open_clip.create_model(arch, pretrained=None, **overrides)
+
+
 def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | None) -> nn.Module:
     """Build an open_clip CLIP ``arch`` (e.g. "RN50") with config ``overrides``; load ``pretrained`` weights.
 
@@ -55,7 +83,7 @@ def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | N
 
     overrides = dict(overrides or {})
     if pretrained is None:
-        return open_clip.create_model(arch, pretrained=None, **overrides)
+        return _random_clip(arch, overrides)
     pretrained = str(pretrained)
     if _looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
@@ -64,7 +92,7 @@ def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | N
                 f"CLIP checkpoint file not found: {path} (pretrained= takes an open_clip tag such as 'openai' "
                 f"or the path of a local CLIP checkpoint, e.g. OpenAI's RN50.pt)"
             )
-        model = open_clip.create_model(arch, pretrained=None, **overrides)
+        model = _random_clip(arch, overrides)
         from open_clip.factory import resize_text_pos_embed
 
         state = _clip_state_dict(path)
@@ -80,7 +108,13 @@ def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | N
             f"unknown open_clip pretrained tag {pretrained!r} for {arch!r}; known tags: {tags} "
             f"(or give the path of a local checkpoint file)"
         )
-    return open_clip.create_model(arch, pretrained=pretrained, **overrides)
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained, **overrides)
+    except RuntimeError as err:  # download failed (offline) or weights do not fit the overridden architecture
+        raise ModelConfigError(
+            f"could not load open_clip weights {arch}/{pretrained}: {err}; without internet, download them "
+            f"elsewhere and pass the local file as pretrained=<path>"
+        ) from err
 
 
 class DenseAttentionPool(nn.Module):
