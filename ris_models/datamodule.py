@@ -69,8 +69,8 @@ def check_ratio(ratio: float) -> float:
 
 def open_pseudo_dataset(pseudo_root: str | Path | None, pseudo_name: str) -> ReferDataset:
     """Open a generated pseudo-label dataset, or say how to make one."""
-    how = ("generate one with `python tools/generate.py dataset=<name> output_root=<dir>` and pass "
-           "`pseudo_root=<dir>` (and `data.pseudo_name=<name>` if it differs)")
+    how = (f"generate one with `python tools/generate.py dataset=<dataset> out_dir=<dir>` (writes <dir>/"
+           f"{pseudo_name}), then pass `pseudo_root=<dir>` (and `data.pseudo_name=<name>` if you changed its `name`)")
     if pseudo_root is None:
         raise DataConfigError(f"data mode needs pseudo labels but pseudo_root is not set: {how}")
     path = Path(pseudo_root).expanduser() / pseudo_name

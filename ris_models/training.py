@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from ris_models.datamodule import RISDataModule
+from ris_models.datamodule import MODES, DataConfigError, RISDataModule, check_ratio, open_pseudo_dataset
 from ris_models.evaluation import dataset_label, evaluate_splits
 from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
@@ -36,6 +36,16 @@ def build_ris_model(model_cfg: Mapping[str, Any]) -> RISModel:
     """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it."""
     overrides = {k: v for k, v in dict(model_cfg).items() if k != "name" and v is not None}
     return build_model(str(model_cfg["name"]), **overrides)
+
+
+def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
+    """Validate the cheap data options early: ``ratio`` in [0, 1], mode known, pseudo labels present."""
+    mode = cfg["data"]["mode"]
+    if mode not in MODES:
+        raise DataConfigError(f"unknown data mode {mode!r}; expected one of {MODES}")
+    check_ratio(cfg.get("ratio", 1.0))
+    if mode in ("pseudo", "mixed"):
+        open_pseudo_dataset(data.pseudo_root, cfg["data"].get("pseudo_name", "pseudo"))
 
 
 def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData) -> RISDataModule:
@@ -103,6 +113,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None) -> dict[s
     L.seed_everything(int(cfg["seed"]), workers=True)
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     data = resolve_data(cfg)
+    check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
     model = build_ris_model(cfg["model"])
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),

@@ -16,7 +16,7 @@ from pseudo_ris.captioning import (
     load_coca,
     next_token_probs,
 )
-from pseudo_ris.captioning.decoding import beam_search, sample_rows
+from pseudo_ris.captioning.decoding import as_dense, beam_search, sample_rows
 from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper
 
 torch.set_num_threads(1)
@@ -66,6 +66,14 @@ def test_top_p_keep_rule(top_p, kept):
     total = sum(base[i] for i in kept)
     expected = [base[i] / total if i in kept else 0.0 for i in range(5)]
     assert torch.allclose(p, torch.tensor(expected), atol=1e-6)
+
+
+def test_top_p_keeps_ties_at_boundary():
+    # ascending cum .1 .2 .5 1.0 with 1 - p = .15: the first of the two 0.1 tokens is dropped by position, but
+    # its tie partner is kept, so both are (a deterministic rule where HF would pick one arbitrarily)
+    z = [float("-inf")] + [math.log(x) for x in (0.1, 0.1, 0.3, 0.5)]
+    p = _probs(z, top_p=0.85)
+    assert torch.allclose(p, torch.tensor([0.0, 0.1, 0.1, 0.3, 0.5]), atol=1e-6)
 
 
 def test_min_length_rule_blocks_eos():
@@ -176,13 +184,14 @@ def test_cached_equals_uncached_logits_and_probs(tiny):
             for s in (cached, ref):
                 s.select(rows)
             tokens, top_k, top_p = tokens[rows], top_k[rows], top_p[rows]
-        zc, dc = cached.step(tokens)
+        zc, lazy = cached.step(tokens)
+        dc = as_dense(lazy)
         zr, dr = ref.step(tokens)
         assert torch.isfinite(zc).all() and float(zc.std()) > 1e-3  # decoder projection initialised
         assert torch.allclose(zc, zr, atol=1e-4, rtol=1e-4)
         assert torch.allclose(dc, dr, atol=1e-4, rtol=1e-4)
         assert float(dc[cached.has_contrast].abs().max()) > 0
-        pc = next_token_probs(zc, dc, cached.has_contrast, top_k=top_k, top_p=top_p, eos_id=2,
+        pc = next_token_probs(zc, lazy, cached.has_contrast, top_k=top_k, top_p=top_p, eos_id=2,
                               prefix_len=prefix_len, min_len=3, max_len=20)
         pr = next_token_probs(zr, dr, ref.has_contrast, top_k=top_k, top_p=top_p, eos_id=2,
                               prefix_len=prefix_len, min_len=3, max_len=20)
@@ -200,6 +209,7 @@ def test_contrast_weights_use_similarity(tiny):
     plain = CachedCocaStepper(tiny.model, emb, groups, sim, own, torch.zeros(3, dtype=torch.bool), 4)
     tokens = torch.full((3,), tiny.tokenizer.sot_id)
     z, z_dep = cached.step(tokens)
+    z_dep = as_dense(z_dep)
     z_single, _ = plain.step(tokens)  # same prefix for every row, so z_j = plain logits of image j
     expected = (sim[0, 1] * z_single[1] + sim[0, 2] * z_single[2]) / 2
     assert torch.allclose(z_dep[0], expected, atol=1e-5)

@@ -210,3 +210,37 @@ def test_checkpoints_load_through_the_config(synthref_root, tmp_path):
     with pytest.raises(runner.PseudoRISError, match="SAM checkpoint .*coca.pt"):
         runner.run(_cfg(tmp_path / "y", f"data_root={synthref_root}", "sam.checkpoint=" + str(tmp_path / "coca.pt"),
                         "max_images=1"))
+
+
+def test_refer_source_labels_train_images_only(handmade_refer, tmp_path):
+    out = tmp_path / "gen"
+    summary = runner.run(_cfg(out, "source=refer", "dataset=refcoco", f"data_root={handmade_refer}", "masks=gt"))
+    images, _ = load_all(out)
+    assert [i["image_id"] for i in images] == [1]  # image 2 has no train ref
+    ds = ReferDataset(out, "pseudo", split_by="pseudo")
+    src = ReferDataset(handmade_refer, "refcoco")
+    assert summary["refs"] == len(ds.refs) == 2  # both GT instances of image 1, polygon and RLE
+    assert {c["name"] for c in ds.categories.values()} == {"square", "rectangle"}  # masks=gt keeps categories
+    for ref in ds.refs:
+        gt_ann = {1: 10, 2: 11}[ref["category_id"]]  # square = ann 10 (polygon), rectangle = ann 11 (RLE)
+        assert np.array_equal(ds.ref_mask(ref), src.ann_mask(gt_ann))
+        assert ds.image_path(ref["image_id"]) == src.image_path(1)
+
+
+def test_command_line_entry_point(synthref_root, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cli"
+    cmd = [sys.executable, str(root / "tools" / "generate.py"), f"data_root={synthref_root}", f"out_dir={out}",
+           "masks=gt", "max_images=1", *FAST]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generation summary" in done.stdout and "refs:" in done.stdout
+    assert ReferDataset(out, "pseudo", split_by="pseudo").refs
+    # bad options raise project errors (the entry point prints them as one line and exits with status 2)
+    with pytest.raises(runner.PseudoRISError, match="missing"):
+        runner.run(_cfg(out, "source=folder", f"image_dir={tmp_path / 'missing'}"))
+    with pytest.raises(runner.PseudoRISError, match="data_root"):
+        runner.run(_cfg(out, "source=refer", "dataset=refcoco"))

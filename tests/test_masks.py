@@ -163,3 +163,20 @@ def test_bad_detection_file(tmp_path):
     (tmp_path / "nobox.json").write_text(json.dumps([{"image_id": 1}]))
     with pytest.raises(MaskSourceError, match="entry 0"):
         load_detections(tmp_path / "nobox.json")
+
+
+@pytest.mark.slow
+def test_official_vit_b_config_matches_segment_anything(tmp_path):
+    """Our SamConfig("vit_b") builds the same architecture as segment_anything's registry, and official-format
+    weights (a bare state dict) load through build_sam."""
+    from segment_anything import sam_model_registry as official
+
+    from pseudo_ris.masks import SAM_CONFIGS, sam_from_config
+
+    ref = official["vit_b"]()
+    mine = sam_from_config(SAM_CONFIGS["vit_b"])
+    assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in mine.state_dict().items()}
+    torch.save(ref.state_dict(), tmp_path / "sam_vit_b.pth")
+    loaded = build_sam("vit_b", checkpoint=tmp_path / "sam_vit_b.pth")
+    assert torch.equal(loaded.mask_decoder.iou_prediction_head.layers[0].weight,
+                       ref.mask_decoder.iou_prediction_head.layers[0].weight)

@@ -261,6 +261,21 @@ def test_cris_loads_a_local_open_clip_checkpoint(tmp_path):
     shell.load_state_dict(m.state_dict())
 
 
+@pytest.mark.slow  # scripting the model takes ~10 s
+def test_cris_loads_a_torchscript_clip_archive(tmp_path):
+    """CRIS ships OpenAI's TorchScript RN50.pt/RN101.pt; a scripted open_clip model stands in for it here."""
+    import open_clip
+
+    overrides = copy.deepcopy(MODEL_REGISTRY["cris_tiny"]["clip_overrides"])
+    torch.manual_seed(5)
+    clip = open_clip.create_model("RN50", pretrained=None, **overrides)
+    path = tmp_path / "RN50.pt"
+    torch.jit.script(clip).save(str(path))
+    m = build_model("cris_tiny", pretrained=str(path))
+    assert torch.equal(m.text_encoder.token_embedding.weight, clip.token_embedding.weight)
+    assert torch.equal(m.image_encoder.visual.layer4[0].conv2.weight, clip.visual.layer4[0].conv2.weight)
+
+
 def test_lavt_missing_bert_dir_and_swin_file_are_clear_errors(tmp_path):
     with pytest.raises(ModelConfigError, match="bert-base-uncased"):
         build_model("lavt_tiny", bert_path=str(tmp_path / "bert"), vocab_file=None)

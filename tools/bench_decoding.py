@@ -28,6 +28,7 @@ import time
 import torch
 
 from pseudo_ris.captioning import DecodeSetting, WordTokenizer, generate_candidates, load_coca, next_token_probs
+from pseudo_ris.captioning.decoding import as_dense
 from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper
 
 SETTINGS = ([DecodeSetting("topk", k, True) for k in (5, 7, 9, 11, 13)]
@@ -84,10 +85,11 @@ def _uncached_and_equality(bundle, n: int, prefix_lengths: list[int], seed: int)
         times.append(time.perf_counter() - start)
         cached = CachedCocaStepper(bundle.model, emb, groups, sim, own, contrast, MAX_LEN - 1)
         for i in range(t):
-            zc, dc = cached.step(prefix[:, i])
+            zc, lazy = cached.step(prefix[:, i])
+        dc = as_dense(lazy)
         assert torch.isfinite(zc).all() and float(zc.std()) > 0, "logits constant or not finite"
         kw = dict(top_k=top_k, top_p=top_p, eos_id=tok.eot_id, prefix_len=t, min_len=5, max_len=MAX_LEN)
-        pc = next_token_probs(zc, dc, cached.has_contrast, **kw)
+        pc = next_token_probs(zc, lazy, cached.has_contrast, **kw)  # lazy contrast, as in sampling
         pr = next_token_probs(zr, dr, ref.has_contrast, **kw)
         # a token whose logit sits within float32 noise of the top-k / top-p boundary can fall on either side:
         # such rows are counted, and the probability check runs on rows with the same candidate set

@@ -4,8 +4,9 @@ Distinctive caption sampling, arXiv 2407.07412 Sec. 3 (DESIGN 1.4). For mask i a
   1. z_i = decoder logits of (image_i, y_<t); EOS is impossible while the prefix (start token included) is
      shorter than ``min_len`` tokens;
   2. candidate set S_i = top-k of z_i, or top-p: sort softmax(z_i) ascending, drop tokens whose cumulative
-     probability is <= 1 - p, always keep the best token (HF ``TopK/TopPLogitsWarper`` semantics, ties at the
-     k-th logit kept, as in the official code);
+     probability is <= 1 - p, always keep the best token (HF ``TopK/TopPLogitsWarper`` semantics as in the
+     official code; exact ties at the boundary are all kept, for top-k as in HF, for top-p where HF would keep
+     an arbitrary subset of the tied tokens);
   3. p_eos = softmax(z_i restricted to S_i)[EOS];
   4. if the contrast set is non-empty and small (1 <= N-1 <= 29): z_dep = mean_{j != i} s_ij z_j with s_ij the
      dot product of L2-normalised CoCa image latents, p = softmax((z_i - z_dep) restricted to S_i);
@@ -27,10 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
     "MAX_CONTRAST",
+    "LazyContrast",
+    "as_dense",
     "LogitStepper",
     "next_token_probs",
     "distinctive_next_token_probs",
@@ -60,6 +64,45 @@ def _as_row_tensor(value, n: int, dtype, device) -> torch.Tensor | None:
     return t.expand(n).clone() if t.ndim == 0 else t
 
 
+@dataclass
+class LazyContrast:
+    """z_dep = hidden @ weight, evaluated only where the rule needs it.
+
+    By linearity of CoCa's bias-free vocabulary projection, mean_j s_ij z_j = (mean_j s_ij h_j) W (DESIGN 4);
+    and only the candidate columns S_i of z_dep matter, so with small candidate sets (top-k, trained models'
+    top-p) the second projection shrinks to a few columns."""
+
+    hidden: torch.Tensor  # [R, D]
+    weight: torch.Tensor  # [D, V]
+
+    def full(self) -> torch.Tensor:
+        return self.hidden @ self.weight
+
+    def on_columns(self, keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """[R,V], exact on the columns kept by any selected row (``keep`` [R,V], ``rows`` [R] bool), else 0."""
+        out = torch.zeros(keep.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+        idx = torch.nonzero(rows).flatten()
+        if idx.numel() == 0:
+            return out
+        cols = torch.nonzero(keep[idx].any(dim=0)).flatten()
+        if cols.numel() * 4 >= keep.shape[1]:
+            out[idx] = self.hidden[idx] @ self.weight
+        else:
+            out[idx[:, None], cols[None, :]] = self.hidden[idx] @ self.weight[:, cols]
+        return out
+
+
+def as_dense(z_dep: "torch.Tensor | LazyContrast") -> torch.Tensor:
+    return z_dep.full() if isinstance(z_dep, LazyContrast) else z_dep
+
+
+def _sorted_values(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise ascending sort, values only (numpy's is ~20x faster than torch.sort on CPU for 49k columns)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))
+    return torch.sort(x, dim=-1).values
+
+
 def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Bool [R,V]: the candidate set S of each row. A row uses top-k where ``top_k > 0``, else top-p."""
     r, v = z.shape
@@ -77,19 +120,20 @@ def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Ten
             raise ValueError("rows without top_k need top_p")
         zp = z[use_p]
         p = top_p[use_p].to(z.dtype)
-        sorted_logits, order = torch.sort(zp, dim=-1, descending=False)
+        sorted_logits = _sorted_values(zp)  # ascending
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        keep_sorted = cum > (1 - p)[:, None]
-        keep_sorted[:, -1] = True  # always keep the best token
-        kp = torch.zeros_like(keep_sorted)
-        kp.scatter_(1, order, keep_sorted)
-        keep[use_p] = kp & finite[use_p]
+        # cum is non-decreasing, so the dropped tokens (cum <= 1 - p) are a prefix of the ascending order; the
+        # best token is always kept. Keeping every token whose logit reaches the first kept one's is the same set
+        # up to exact ties at the boundary, which are all kept (as top-k keeps ties at the k-th logit).
+        n_drop = (cum <= (1 - p)[:, None]).sum(dim=1).clamp(max=v - 1)
+        threshold = sorted_logits.gather(1, n_drop[:, None])
+        keep[use_p] = (zp >= threshold) & finite[use_p]
     return keep
 
 
 def next_token_probs(
     z: torch.Tensor,
-    z_dep: torch.Tensor | None,
+    z_dep: torch.Tensor | LazyContrast | None,
     has_contrast: torch.Tensor | None,
     *,
     top_k=None,
@@ -99,7 +143,7 @@ def next_token_probs(
     min_len: int = 5,
     max_len: int = 30,
 ) -> torch.Tensor:
-    """Batched one-step rule (module docstring). ``z``, ``z_dep``: [R,V]; ``top_k``/``top_p``: scalar or [R]
+    """Batched one-step rule (module docstring). ``z``, ``z_dep``: [R,V] (or lazy); ``top_k``/``top_p``: scalar or [R]
     (per row: top_k > 0 selects top-k, otherwise top_p is used). Returns the raw probability vectors [R,V]."""
     if prefix_len < 1:
         raise ValueError(f"prefix_len counts the start token and must be >= 1, got {prefix_len}")
@@ -120,6 +164,8 @@ def next_token_probs(
     plain = torch.where(keep, z, neg).softmax(dim=-1)
     if z_dep is None or has_contrast is None or not bool(has_contrast.any()):
         return plain
+    if isinstance(z_dep, LazyContrast):
+        z_dep = z_dep.on_columns(keep, has_contrast)
     contrast = torch.where(has_contrast[:, None], z - z_dep.float(), z)
     probs = torch.where(keep, contrast, neg).softmax(dim=-1)
     probs[:, eos_id] = plain[:, eos_id]  # p[EOS] replaced by the plain stopping probability

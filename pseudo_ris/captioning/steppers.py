@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decoding import LazyContrast
+
 __all__ = ["RowPairs", "build_pairs", "precompute_cross_kv", "CachedCocaStepper", "ReferenceCocaStepper", "MAX_CONTRAST_GROUP"]
 
 MAX_CONTRAST_GROUP = 30  # paper/official: contrast only for 2 <= N <= 30 masks
@@ -186,8 +188,9 @@ class CachedCocaStepper:
         return y + block.ls_2(block.mlp(block.ln_2(y)))
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``tokens`` [R] to every row; return (z [R,V], z_dep [R,V]) for the next position."""
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, LazyContrast]:
+        """Append ``tokens`` [R] to every row; return z [R,V] and z_dep (lazy: ``.full()`` is [R,V]; zero for rows
+        without contrast) for the next position."""
         if self.t >= self.max_positions:
             raise RuntimeError("stepper is full: increase max_positions")
         x = self.text.token_embedding(tokens.to(self.device)).to(self.dtype)
@@ -201,13 +204,9 @@ class CachedCocaStepper:
         h = self.dec.ln_final(y)
         self.t += 1
         z = h[self.pairs.own_pair] @ self.proj
-        z_dep = torch.zeros_like(z)
-        rows = torch.nonzero(self.has_contrast).flatten()
-        if rows.numel():
-            h_dep = torch.zeros(self.n_rows, h.shape[1], device=h.device, dtype=h.dtype)
-            h_dep.index_add_(0, self.pairs.pair_row, h * self.pairs.weight[:, None])
-            z_dep[rows] = h_dep[rows] @ self.proj
-        return z, z_dep
+        h_dep = torch.zeros(self.n_rows, h.shape[1], device=h.device, dtype=h.dtype)
+        h_dep.index_add_(0, self.pairs.pair_row, h * self.pairs.weight[:, None])
+        return z, LazyContrast(h_dep, self.proj)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep / reorder / duplicate rows (finished rows dropped, beams reordered); caches follow."""

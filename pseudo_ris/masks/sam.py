@@ -1,6 +1,7 @@
 """SAM builders: the official ViT-H/L/B from a checkpoint, and small project configs built from the same modules.
 
-Why our own builder: `segment_anything.sam_model_registry` hard-codes 1024 px / patch 16 / prompt dim 256, which is
+The official names are built by `segment_anything.sam_model_registry` itself; we load their weights (CPU map, clear
+errors on a missing or mismatched file). Why a config at all: `segment_anything.sam_model_registry` hard-codes 1024 px / patch 16 / prompt dim 256, which is
 far too slow for the CPU-trained SynthRef foundation models (DESIGN 4 and 7). `SamConfig` exposes every size knob, the
 `tiny` entry is the project default (ViT width 128, depth 4, patch 8, 128 px, prompt dim 64), and a checkpoint may
 carry its own config so that a model trained with different sizes loads without code changes.
@@ -173,7 +174,13 @@ def build_sam(name: str = "tiny", checkpoint: str | os.PathLike | None = None, *
             cfg = SamConfig.from_dict({**cfg.to_dict(), **saved_cfg})
     if overrides:
         cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    sam = sam_from_config(cfg)
+    if name in _REQUIRES_CHECKPOINT and cfg == SAM_CONFIGS[name]:
+        # the official architecture exactly as segment_anything builds it (weights loaded below, with our checks)
+        from segment_anything import sam_model_registry as official_registry
+
+        sam = official_registry[name](checkpoint=None)
+    else:
+        sam = sam_from_config(cfg)
     if state is not None:
         try:
             sam.load_state_dict(state, strict=True)

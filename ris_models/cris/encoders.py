@@ -40,7 +40,7 @@ def _clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
             is_jit = any(name.endswith("constants.pkl") for name in zf.namelist())
     if is_jit:
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        for key in ("input_resolution", "context_length", "vocab_size"):
+        for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
             state.pop(key, None)
         return dict(state)
     from open_clip.factory import load_state_dict

@@ -1,0 +1,514 @@
+"""The miniature reproduction of the paper's claims on SynthRef (issue 4): every run, cached, then one results page.
+
+Rows (``ROWS``; arXiv 2407.07412 Tab. 1-4 in miniature):
+
+* ``zero_shot`` / ``zero_shot_gt``: no training; SAM (or GT) masks ranked by the CLIP scorer (`ris_models.zero_shot`);
+* ``beam`` / ``distinctive`` / ``full``: trained on pseudo labels of the SAM-mask store: beam-search captions only;
+  + distinctive samples (unfiltered); + DoC filtering (the full method). One store, three selections
+  (`pseudo_ris.evaluation.variants`), so only the labels differ;
+* ``full_gt``: the full method on GT instance masks (``masks=gt``): caption quality without mask errors;
+* ``human_100`` / ``human_10``: human labels, all / a 10 % image subset; ``mixed_10``: 10 % human + pseudo (full).
+
+Pseudo-label rows do not depend on the evaluation dataset (the labels come from the unlabelled pool): each is trained
+once, its checkpoint selected on ``synthref`` val (the first dataset), and evaluated on every dataset. Human and
+mixed rows are trained per dataset. Every run writes ``<out_dir>/runs/<model>/<row>/<dataset>/s<seed>/result.json``;
+a rerun skips finished runs and resumes a killed training from its ``last.ckpt``. The page (``docs/results.md``)
+shows mean ± std over seeds (std over n seeds with ddof 1; "-" for one seed).
+
+Library functions do the work: generation (`pseudo_ris.generation.runner.run`), training and evaluation
+(`ris_models.training.train`, `ris_models.evaluation.evaluate_checkpoint`), quality (`pseudo_ris.evaluation.quality`).
+Configs of the generator and the trainer are composed from ``conf/`` with the overrides in ``conf/reproduce.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ReproduceConfigError(PseudoRISError):
+    """An invalid reproduction option (unknown row, profile, model)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    kind: str                 # zero_shot | pseudo | human | mixed
+    store: str | None = None  # sam | gt (pseudo-label store / zero-shot mask source)
+    variant: str | None = None
+    ratio: float = 1.0
+
+
+ROWS: dict[str, Row] = {
+    "zero_shot": Row("zero-shot: SAM masks ranked by the CLIP scorer", "zero_shot", store="sam"),
+    "zero_shot_gt": Row("zero-shot: GT masks ranked by the CLIP scorer", "zero_shot", store="gt"),
+    "beam": Row("pseudo: beam search only", "pseudo", "sam", "beam"),
+    "distinctive": Row("pseudo: + distinctive sampling (no filter)", "pseudo", "sam", "beam_distinctive"),
+    "full": Row("pseudo: + DoC filtering (full method)", "pseudo", "sam", "full"),
+    "full_gt": Row("pseudo, GT masks (`masks=gt`), full method", "pseudo", "gt", "full"),
+    "human_100": Row("human 100 %", "human", ratio=1.0),
+    "human_10": Row("human 10 %", "human", ratio=0.1),
+    "mixed_10": Row("human 10 % + pseudo (full)", "mixed", "sam", "full", ratio=0.1),
+}
+
+#: table columns: (dataset, split, header)
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("synthref", "val", "SR val"), ("synthref", "testA", "SR testA"), ("synthref", "testB", "SR testB"),
+    ("synthref+", "val", "SR+ val"), ("synthref+", "testA", "SR+ testA"), ("synthref+", "testB", "SR+ testB"),
+    ("synthrefg", "val", "SRg val"), ("synthrefg", "test", "SRg test"), ("synthref", "unseen", "unseen"))
+
+
+# ------------------------------------------------------------------------------------------------- configs
+def _plain(cfg: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def compose(config_name: str, overrides: Sequence[str]) -> dict:
+    """A config of ``conf/`` composed with Hydra's compose API (outside any running Hydra app)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return _plain(hydra_compose(config_name, overrides=list(overrides)))
+
+
+@dataclass
+class Plan:
+    """The resolved options of one reproduction (``conf/reproduce.yaml`` + the chosen profile)."""
+
+    profile: str
+    seeds: list[int]
+    models: list[str]
+    datasets: list[str]
+    rows: list[str]
+    max_steps: int
+    val_every: int
+    limit_eval: int | None
+    gen_max_images: int | None
+    plain_sampling: bool
+    out_dir: Path
+    results_md: Path
+    data_root: Path
+    train_overrides: list[str]
+    generate_overrides: list[str]
+    cache_dir: str
+    gallery_images: int = 8
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any], data_root: Path) -> "Plan":
+        cfg = _plain(cfg)
+        name = cfg["profile"]
+        if name not in cfg["profiles"]:
+            raise ReproduceConfigError(f"unknown profile {name!r}; choose one of {sorted(cfg['profiles'])}")
+        p = {**cfg["profiles"][name], **{k: v for k, v in (cfg.get("override") or {}).items() if v is not None}}
+        bad = [r for r in p["rows"] if r not in ROWS]
+        if bad:
+            raise ReproduceConfigError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
+        if not p["datasets"] or p["datasets"][0] != "synthref":
+            raise ReproduceConfigError("datasets must start with synthref (pseudo rows select checkpoints on it)")
+        return cls(profile=name, seeds=[int(s) for s in p["seeds"]], models=list(p["models"]),
+                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=int(p["max_steps"]),
+                   val_every=int(p["val_every"]), limit_eval=p.get("limit_eval"),
+                   gen_max_images=p.get("gen_max_images"), plain_sampling=bool(p.get("plain_sampling", False)),
+                   out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
+                   data_root=data_root, train_overrides=list(cfg.get("train_overrides") or []),
+                   generate_overrides=list(cfg.get("generate_overrides") or []), cache_dir=str(cfg["cache_dir"]),
+                   gallery_images=int(cfg.get("gallery_images", 8)))
+
+
+def _q(key: str, value: Any) -> str:
+    """A Hydra override with a quoted value (paths may hold ``~``, ``+``, ``=``)."""
+    return f"{key}={json.dumps(str(value))}"
+
+
+# --------------------------------------------------------------------------------------------- generation
+PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: true}, "
+                  "{kind: topk, value: 7, distinctive: true}, {kind: topk, value: 9, distinctive: true}, "
+                  "{kind: topk, value: 11, distinctive: true}, {kind: topk, value: 13, distinctive: true}, "
+                  "{kind: topp, value: 0.4, distinctive: true}, {kind: topp, value: 0.5, distinctive: true}, "
+                  "{kind: topp, value: 0.6, distinctive: true}, {kind: topp, value: 0.7, distinctive: true}, "
+                  "{kind: topp, value: 0.8, distinctive: true}, {kind: topk, value: 5}, {kind: topk, value: 9}, "
+                  "{kind: topk, value: 13}, {kind: topp, value: 0.5}, {kind: topp, value: 0.7}]")
+
+
+def generate_config(plan: Plan, masks: str) -> dict:
+    out = plan.out_dir / "generate" / masks
+    overrides = [_q("data_root", plan.data_root), f"masks={masks}", _q("out_dir", out), _q("out_root", out),
+                 _q("cache_dir", plan.cache_dir), *plan.generate_overrides]
+    if plan.gen_max_images is not None:
+        overrides.append(f"max_images={int(plan.gen_max_images)}")
+    if plan.plain_sampling:
+        overrides.append(f"decoding.settings={PLAIN_SETTINGS}")
+    return compose("generate", overrides)
+
+
+def ensure_store(plan: Plan, masks: str) -> Path:
+    """Generate (resumably) the candidate store of ``masks`` and the generator's own dataset, gallery, summary."""
+    from pseudo_ris.generation import runner
+
+    cfg = generate_config(plan, masks)
+    out = Path(cfg["out_dir"])
+    marker = out / "reproduce_done.json"
+    if marker.is_file():
+        return out
+    start = time.perf_counter()
+    summary = runner.run(cfg)
+    atomic_write_json(marker, {"seconds": round(time.perf_counter() - start, 1), "summary": summary}, indent=2)
+    return out
+
+
+def ensure_variant(plan: Plan, masks: str, variant: str) -> Path:
+    """``pseudo_root`` of a variant dataset (written once from the store)."""
+    from pseudo_ris.evaluation.variants import write_variant_dataset
+
+    store = ensure_store(plan, masks)
+    root = plan.out_dir / "pseudo" / f"{masks}_{variant}"
+    info = root / "variant.json"
+    if not info.is_file():
+        summary = write_variant_dataset(store, variant, root)
+        atomic_write_json(info, summary, indent=2)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ running
+def run_dir(plan: Plan, model: str, row: str, dataset: str, seed: int) -> Path:
+    return plan.out_dir / "runs" / model / row / dataset / f"s{seed}"
+
+
+def train_config(plan: Plan, model: str, row: Row, dataset: str, seed: int, out: Path,
+                 pseudo_root: Path | None) -> dict:
+    mode = {"pseudo": "pseudo", "human": "human", "mixed": "mixed"}[row.kind]
+    overrides = [f"model={model}", f"dataset={dataset}", f"data={mode}", f"ratio={row.ratio}", f"seed={seed}",
+                 _q("data_root", plan.data_root), _q("cache_dir", plan.cache_dir), _q("output_dir", out),
+                 f"max_steps={plan.max_steps}", "epochs=100000", "trainer=cpu",
+                 f"trainer.limit_train_batches={plan.val_every}", "logger=csv", *plan.train_overrides]
+    if plan.limit_eval is not None:
+        overrides.append(f"limit_eval={int(plan.limit_eval)}")
+    if pseudo_root is not None:
+        overrides.append(_q("pseudo_root", pseudo_root))
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        overrides.append(_q("ckpt_path", last))  # resume a killed run exactly
+    return compose("train", overrides)
+
+
+def _evaluate_other(plan: Plan, ckpt: str, dataset: str, trainer_cfg: dict, out: Path) -> dict:
+    from ris_models.evaluation import evaluate_checkpoint
+
+    cfg = {"ckpt": ckpt, "dataset": {"name": dataset, "split_by": None, "eval_splits": None},
+           "data_root": str(plan.data_root), "cache_dir": plan.cache_dir, "trainer": trainer_cfg, "batch_size": 32,
+           "num_workers": 0, "limit_eval": plan.limit_eval, "num_overlays": 0, "out_dir": str(out)}
+    return evaluate_checkpoint(cfg)
+
+
+def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) -> dict:
+    """Train one configuration (resuming if possible) and evaluate it; pseudo rows on every dataset."""
+    from ris_models.training import train
+
+    row = ROWS[row_name]
+    pseudo_root = ensure_variant(plan, row.store, row.variant) if row.variant else None
+    out = run_dir(plan, model, row_name, dataset, seed)
+    cfg = train_config(plan, model, row, dataset, seed, out, pseudo_root)
+    result = train(cfg)
+    ckpt = result["best_ckpt"] or result["last_ckpt"]
+    datasets = {dataset: result["results"]}
+    if row.kind == "pseudo":
+        for other in plan.datasets[1:]:
+            datasets[other] = _evaluate_other(plan, ckpt, other, cfg["trainer"], Path(ckpt).parent)
+    return {"datasets": datasets, "global_step": int(result["global_step"]),
+            "train_seconds": round(float(result["train_seconds"]), 1), "checkpoint": str(ckpt),
+            "metrics_csv": str(out / "csv" / "metrics.csv")}
+
+
+def run_zero_shot(plan: Plan, row_name: str) -> dict:
+    from pseudo_ris.data.refer import ReferDataset
+    from ris_models.zero_shot import build_zero_shot, evaluate_zero_shot
+
+    row = ROWS[row_name]
+    gen_cfg = generate_config(plan, row.store)
+    datasets = {}
+    start = time.perf_counter()
+    for name in plan.datasets:
+        ds = ReferDataset(plan.data_root, name)
+        model = build_zero_shot(gen_cfg, dataset=ds)
+        datasets[name] = evaluate_zero_shot(model, ds, limit=plan.limit_eval)
+    return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _cached(path: Path, fn: Callable[[], dict]) -> tuple[dict, bool]:
+    if path.is_file():
+        return json.loads(path.read_text()), True
+    result = fn()
+    atomic_write_json(path, result, indent=2)
+    return result, False
+
+
+@dataclass
+class RunRecord:
+    model: str
+    row: str
+    dataset: str
+    seed: int
+    result: dict | None
+    error: str | None = None
+    cached: bool = False
+
+
+def planned_runs(plan: Plan) -> list[tuple[str, str, str, int]]:
+    """(model, row, training dataset, seed) in execution order; zero-shot rows are model- and seed-free."""
+    runs = []
+    for row in plan.rows:
+        spec = ROWS[row]
+        if spec.kind == "zero_shot":
+            runs.append(("-", row, "all", 0))
+            continue
+        for model in plan.models:
+            for seed in plan.seeds:
+                for ds in ([plan.datasets[0]] if spec.kind == "pseudo" else plan.datasets):
+                    runs.append((model, row, ds, seed))
+    return runs
+
+
+def execute(plan: Plan, progress: Callable[[str], None] = print) -> list[RunRecord]:
+    """Run everything the plan needs (finished runs are read from their result.json); errors are recorded, not
+    raised, so one broken configuration does not stop the rest."""
+    records = []
+    runs = planned_runs(plan)
+    for k, (model, row, ds, seed) in enumerate(runs, 1):
+        path = run_dir(plan, model, row, ds, seed) / "result.json"
+        tag = f"[{k}/{len(runs)}] {row} {model} {ds} seed {seed}"
+        fn = (lambda row=row: run_zero_shot(plan, row)) if ROWS[row].kind == "zero_shot" else \
+            (lambda model=model, row=row, ds=ds, seed=seed: run_trained(plan, model, row, ds, seed))
+        try:
+            start = time.perf_counter()
+            result, cached = _cached(path, fn)
+            progress(f"{tag}: {'cached' if cached else f'done in {time.perf_counter() - start:.0f} s'}")
+            records.append(RunRecord(model, row, ds, seed, result, cached=cached))
+        except Exception as exc:  # noqa: BLE001 - recorded on the page; the other runs go on
+            progress(f"{tag}: FAILED {type(exc).__name__}: {exc}")
+            log.debug("run failed", exc_info=True)
+            records.append(RunRecord(model, row, ds, seed, None, f"{type(exc).__name__}: {exc}\n"
+                                     + traceback.format_exc(limit=3)))
+    return records
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def aggregate(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """``{row: {(dataset, split): [value per seed]}}`` for one model (zero-shot rows for every model)."""
+    out: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for rec in records:
+        if rec.result is None or rec.model not in (model, "-"):
+            continue
+        cells = out.setdefault(rec.row, {})
+        for ds, splits in rec.result["datasets"].items():
+            for split, values in splits.items():
+                if metric in values and values[metric] is not None and math.isfinite(values[metric]):
+                    cells.setdefault((ds, split), []).append(float(values[metric]))
+    return out
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    mean = 100.0 * float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100.0 * float(np.std(values, ddof=1)):.1f}"
+
+
+def results_table(records: Sequence[RunRecord], model: str, metric: str, rows: Sequence[str]) -> str:
+    cells = aggregate(records, model, metric)
+    used = [c for c in COLUMNS if any(c[:2] in cells.get(r, {}) for r in rows)]
+    lines = ["| row | " + " | ".join(c[2] for c in used) + " |", "|---|" + "|".join("---:" for _ in used) + "|"]
+    for r in ROWS:
+        if r not in rows:
+            continue
+        lines.append(f"| {ROWS[r].label} | " + " | ".join(mean_std(cells.get(r, {}).get(c[:2], [])) for c in used)
+                     + " |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- plots
+def make_plots(plan: Plan, records: Sequence[RunRecord], fig_dir: Path) -> dict[str, Path]:
+    """DoC histogram and gallery of the SAM store, learning curves of the trained runs (seed = first)."""
+    from pseudo_ris.evaluation.plots import histogram_png, line_chart_png, read_metrics_csv, smooth
+
+    figs: dict[str, Path] = {}
+    store = plan.out_dir / "generate" / "sam"
+    if (store / "reproduce_done.json").is_file():
+        try:
+            figs.update(_store_plots(plan, store, fig_dir))
+        except Exception as exc:  # noqa: BLE001 - a plot never fails the page
+            log.warning("store plots failed: %s", exc)
+    for model in plan.models:
+        loss, val = {}, {}
+        for rec in records:
+            if rec.model != model or rec.result is None or rec.seed != plan.seeds[0] or rec.dataset != "synthref":
+                continue
+            path = Path(rec.result.get("metrics_csv", ""))
+            if not path.is_file():
+                continue
+            cols = read_metrics_csv(path)
+            if "train/loss" in cols:
+                xs, ys = cols["train/loss"]
+                loss[rec.row] = (xs, smooth(ys, 5))
+            key = next((k for k in cols if k.endswith("val/oIoU") or k == "val/oIoU"), None)
+            if key:
+                val[rec.row] = (cols[key][0], [100 * v for v in cols[key][1]])
+        if loss:
+            figs[f"loss_{model}"] = line_chart_png(loss, fig_dir / f"loss_{model}.png", title=f"{model}: training "
+                                                   "loss (moving average of 5 logged values)", xlabel="step",
+                                                   ylabel="loss")
+        if val:
+            figs[f"val_{model}"] = line_chart_png(val, fig_dir / f"val_oiou_{model}.png",
+                                                  title=f"{model}: synthref val oIoU during training",
+                                                  xlabel="step", ylabel="oIoU %")
+    return figs
+
+
+def _store_plots(plan: Plan, store: Path, fig_dir: Path) -> dict[str, Path]:
+    from pseudo_ris.data.masks import rle_to_mask
+    from pseudo_ris.data.refer import load_rgb
+    from pseudo_ris.evaluation.plots import gallery_png, histogram_png
+    from pseudo_ris.evaluation.quality import _policy
+    from pseudo_ris.generation.store import load_all
+    from pseudo_ris.generation.writer import filter_candidates
+
+    images, candidates = load_all(store)
+    rows = [r for r in candidates if r.get("setting", "").startswith("beam") or r.get("distinctive")]
+    result = filter_candidates(images, rows, _policy(store, rows, None))
+    figs: dict[str, Path] = {}
+    logd = {"kept": [], "rejected": []}
+    for r in result.candidates:
+        if r["doc"] is not None and r["doc"] > 0 and math.isfinite(r["doc"]):
+            logd["kept" if r["kept"] else "rejected"].append(math.log10(r["doc"]))
+    figs["doc_hist"] = histogram_png(logd, fig_dir / "doc_histogram.png", bins=40,
+                                     title=f"log10 DoC of candidates (threshold {result.summary['policy']['threshold']})"
+                                           f"; transform {result.summary['policy']['score_transform']}",
+                                     xlabel="log10 DoC")
+    meta = json.loads((store / "meta.json").read_text())
+    by_mask: dict[tuple[str, int], list[dict]] = {}
+    for r in result.candidates:
+        by_mask.setdefault((r["key"], int(r["mask_index"])), []).append(r)
+    entries = []
+    for img in sorted(images, key=lambda i: int(i["image_id"])):
+        if len(entries) >= plan.gallery_images or img.get("status") != "ok":
+            continue
+        pixels = load_rgb(Path(meta["image_dir"]) / img["file_name"])
+        for m in img["masks"][:2]:
+            cands = by_mask.get((img["key"], int(m["index"])), [])
+            kept = sorted({r["text"] for r in cands if r["kept"]})
+            rejected = sorted({r["text"] for r in cands if not r["kept"]} - set(kept))
+            beam = next((r["text"] for r in cands if r["setting"].startswith("beam")), "")
+            entries.append({"image": pixels, "mask": rle_to_mask(m["rle"]),
+                            "lines": [f"beam: {beam}"] + [f"+ {t}" for t in kept[:2]] + [f"- {t}" for t in
+                                                                                        rejected[:1]]})
+    if entries:
+        figs["gallery"] = gallery_png(entries[: plan.gallery_images], fig_dir / "gallery.png")
+    return figs
+
+
+# ---------------------------------------------------------------------------------------------- quality
+def quality_section(plan: Plan) -> str:
+    from pseudo_ris.evaluation.quality import GroundTruth, format_quality, store_quality, write_quality
+
+    parts = []
+    truth = GroundTruth.from_root(plan.data_root)
+    for masks in ("sam", "gt"):
+        store = plan.out_dir / "generate" / masks
+        if not (store / "reproduce_done.json").is_file():
+            continue
+        path = store / "quality.json"
+        if path.is_file() and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime:
+            report = json.loads(path.read_text())
+        else:
+            report = store_quality(store, truth)
+            write_quality(report, store, title=f"masks={masks}")
+        parts.append(format_quality(report, title=f"Pseudo labels with masks={masks} ({store})"))
+    return "\n\n".join(parts) if parts else "_no candidate store yet_"
+
+
+# ------------------------------------------------------------------------------------------------- report
+def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, seconds: float) -> Path:
+    page = plan.results_md
+    fig_dir = page.parent / "figures"
+    figs = make_plots(plan, records, fig_dir)
+    done = [r for r in records if r.result is not None]
+    failed = [r for r in records if r.result is None]
+    steps = sorted({r.result.get("global_step") for r in done if r.result.get("global_step") is not None})
+    lines = ["# Reproduction on SynthRef (miniature of arXiv 2407.07412)", "",
+             f"Command: `{command}`  ", f"Profile: **{plan.profile}**: seeds {plan.seeds}, models {plan.models}, "
+             f"max {plan.max_steps} training steps (batch 16; steps actually run: {steps or '-'}), evaluation limited "
+             f"to {plan.limit_eval or 'all'} sentences per split, generation on "
+             f"{plan.gen_max_images or 'all'} pool images; {len(done)} runs finished, {len(failed)} failed; "
+             f"wall time of this invocation {seconds / 60:.1f} min (CPU).", "",
+             "Numbers are percentages, mean ± std over seeds (a single number = one seed). SR = `synthref` "
+             "(RefCOCO-style), SR+ = `synthref+` (no absolute location words), SRg = `synthrefg` (longer, "
+             "RefCOCOg-style), unseen = `synthref` held-out-concept split (targets with a held-out shape or colour). "
+             "Pseudo-label rows are trained once on the pool's labels (checkpoint chosen on SR val) and evaluated on "
+             "every dataset; human/mixed rows are trained per dataset. Zero-shot rows do not depend on the model.", ""]
+    if plan.profile != "full":
+        lines += [f"> **Caveat**: quick profile: one seed, {plan.max_steps} steps, truncated evaluation. These are "
+                  "smoke-test numbers of the pipeline, not converged results; differences of a few points are "
+                  "within noise.", ""]
+    for model in plan.models:
+        for metric in ("mIoU", "oIoU"):
+            lines += [f"## {model}: {metric}", "", results_table(records, model, metric, plan.rows), ""]
+    lines += ["## Pseudo-label quality against SynthRef ground truth", "", quality_section(plan), ""]
+    if figs:
+        lines += ["## Figures", ""]
+        for key, path in figs.items():
+            rel = path.relative_to(page.parent) if path.is_relative_to(page.parent) else path
+            lines.append(f"![{key}]({rel})  ")
+        lines.append("")
+    report = plan.out_dir / "generate" / "sam" / "report.html"
+    if report.is_file():
+        lines += [f"Full interactive gallery of the SAM-mask labels (HTML, not committed): `{report}`", ""]
+    lines += ["## Runs", "", "| row | model | train dataset | seed | steps | train s | status |",
+              "|---|---|---|---:|---:|---:|---|"]
+    for r in records:
+        res = r.result or {}
+        status = "ok (cached)" if r.cached else ("ok" if r.result else "FAILED: " + (r.error or "").splitlines()[0])
+        lines.append(f"| {r.row} | {r.model} | {r.dataset} | {r.seed} | {res.get('global_step', '-')} | "
+                     f"{res.get('train_seconds', res.get('eval_seconds', '-'))} | {status} |")
+    atomic_write_text(page, "\n".join(lines) + "\n")
+    return page
+
+
+def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py",
+              progress: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the whole reproduction of ``cfg`` and write the results page; returns its path."""
+    import torch
+
+    from ris_models.prepare import synthref_root
+
+    cfg = _plain(cfg)
+    torch.set_num_threads(int(cfg.get("threads", 1)))
+    start = time.perf_counter()
+    data_root = (Path(str(cfg["data_root"])).expanduser() if cfg.get("data_root")
+                 else synthref_root(cfg["cache_dir"], cfg.get("synthref")))
+    plan = Plan.from_cfg(cfg, data_root)
+    progress(f"reproduction profile={plan.profile}: {len(planned_runs(plan))} runs, output {plan.out_dir}")
+    records = execute(plan, progress)
+    page = write_results_page(plan, records, command, time.perf_counter() - start)
+    progress(f"wrote {page}")
+    return page
