@@ -298,3 +298,21 @@ def test_sample_rows_forced_eos_and_min_len(tiny):
                        top_p=torch.tensor([1.0, 1.0]), min_len=8, max_len=8, generator=torch.Generator().manual_seed(0))
     for s in seqs:  # min_len == max_len: EOS only when forced, so every caption has exactly max_len tokens
         assert len(s) == 8 and s[-1] == tok.eot_id and tok.eot_id not in s[:-1]
+
+
+def test_lazy_contrast_columns_match_full_projection():
+    from pseudo_ris.captioning.decoding import LazyContrast
+
+    g = torch.Generator().manual_seed(0)
+    lazy = LazyContrast(torch.randn(4, 8, generator=g), torch.randn(8, 100, generator=g))
+    keep = torch.zeros(4, 100, dtype=torch.bool)
+    keep[0, [3, 50]] = True
+    keep[2, [7]] = True
+    rows = torch.tensor([True, False, True, True])
+    out = lazy.on_columns(keep, rows)
+    full = lazy.full()
+    for r, c in [(0, 3), (0, 50), (2, 7), (3, 3), (3, 50), (3, 7), (2, 50)]:
+        assert torch.allclose(out[r, c], full[r, c], atol=1e-5)
+    assert float(out[1].abs().max()) == 0.0  # rows without contrast stay zero
+    keep[0] = True  # many columns: falls back to the full projection
+    assert torch.allclose(lazy.on_columns(keep, rows)[rows], full[rows], atol=1e-5)

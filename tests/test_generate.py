@@ -244,3 +244,70 @@ def test_command_line_entry_point(synthref_root, tmp_path):
         runner.run(_cfg(out, "source=folder", f"image_dir={tmp_path / 'missing'}"))
     with pytest.raises(runner.PseudoRISError, match="data_root"):
         runner.run(_cfg(out, "source=refer", "dataset=refcoco"))
+
+
+class _ColourScorer:
+    """A transparent 'CLIP': image feature = mean RGB of the view, text feature = RGB of the colour word."""
+
+    image_size = 32
+    RGB = {"red": (1.0, 0.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+
+    def __init__(self):
+        self.image_calls, self.text_calls = [], []
+
+    def image_features(self, views):
+        self.image_calls.append(views.clone())
+        return torch.nn.functional.normalize(views.mean(dim=(2, 3)), dim=-1)
+
+    def text_features(self, texts):
+        self.text_calls.append(list(texts))
+        vecs = [next((self.RGB[w] for w in t.split() if w in self.RGB), (0.3, 0.3, 0.3)) for t in texts]
+        return torch.nn.functional.normalize(torch.tensor(vecs), dim=-1)
+
+    def logits(self, a, b):
+        return 10.0 * a @ b.T
+
+
+class _FixedCaptioner:
+    image_size, mean = 24, (0.5, 0.5, 0.5)
+
+    def __init__(self, captions):
+        self.captions = captions
+
+    def __call__(self, views, seed):
+        from types import SimpleNamespace
+
+        return [[SimpleNamespace(text=t, view=3, setting="fixed") for t in self.captions] for _ in range(len(views))]
+
+
+def test_pipeline_scores_masked_crops_with_noun_prompts_and_context_crops_with_captions():
+    from pseudo_ris.crops import make_views
+    from pseudo_ris.filtering import RuleNounExtractor
+    from pseudo_ris.generation import ImageItem, PseudoLabelPipeline
+    from pseudo_ris.masks import ObjectMask
+
+    img = np.full((40, 60, 3), 128, np.uint8)
+    img[10:30, 5:25] = (255, 0, 0)
+    img[10:30, 35:55] = (0, 0, 255)
+    masks = [np.zeros((40, 60), bool) for _ in range(2)]
+    masks[0][10:30, 5:25] = True
+    masks[1][10:30, 35:55] = True
+    scorer = _ColourScorer()
+    pipe = PseudoLabelPipeline(lambda image, image_id=None, file_name=None: [ObjectMask(m) for m in masks],
+                               _FixedCaptioner(["a red square on the left", "the blue square"]), scorer,
+                               RuleNounExtractor(), score_transform="logit")
+    image_row, rows = pipe.process(img, ImageItem(1, "x.png", Path("x.png")))
+    expected = make_views(img, masks, 32, fill=(0.5, 0.5, 0.5), margins=(1.2,))
+    assert torch.allclose(scorer.image_calls[0], expected[:, 0])  # M: masked crops
+    assert torch.allclose(scorer.image_calls[1], expected[:, 1])  # C: margin-1.2 crops
+    assert {"a photo of a red square", "a photo of the blue square"} <= set(scorer.text_calls[0])
+    by = {(r["mask_index"], r["text"]): r for r in rows}
+    assert len(rows) == 4 and len(image_row["masks"]) == 2
+    red_on_red, red_on_blue = by[(0, "a red square on the left")], by[(1, "a red square on the left")]
+    assert red_on_red["noun"] == "a red square" and red_on_red["doc"] > 1 > red_on_blue["doc"]
+    assert by[(1, "the blue square")]["doc"] > 1 > by[(0, "the blue square")]["doc"]
+    # the stored vectors are the scores against every mask; DoC is recomputable from them
+    assert red_on_red["M_all"][0] == red_on_red["M"] and len(red_on_red["C_all"]) == 2
+    assert red_on_red["M_all"] == red_on_blue["M_all"]  # same caption -> same scores, only the target differs
+    assert np.array_equal(rle_to_mask(red_on_red["mask_rle"]), masks[0])
+    assert np.array_equal(rle_to_mask(red_on_blue["mask_rle"]), masks[1])

@@ -1,7 +1,7 @@
 """Score pseudo labels against SynthRef's ground truth (thin Hydra entry point; see pseudo_ris.evaluation.quality).
 
     python tools/pseudo_quality.py store=<candidate store dir> data_root=<synthref root>
-    python tools/pseudo_quality.py store=<dir> data_root=<root> dataset=<pseudo_root>/pseudo filter.threshold=1.5
+    python tools/pseudo_quality.py store=<dir> data_root=<root> pseudo_dataset=<pseudo_root>/pseudo filter.threshold=1.5
 
 Prints the mask-quality and referential-accuracy table and writes quality.json / quality.md (atomically).
 """
@@ -37,8 +37,8 @@ def main(cfg: DictConfig) -> None:
         report = store_quality(store, truth, variants=params.get("variants"), policy=params.get("filter"),
                                match_iou=float(params["match_iou"]), progress=bool(params["progress"]))
         written = None
-        if params.get("dataset"):
-            ds_dir = _path(params["dataset"])
+        if params.get("pseudo_dataset"):
+            ds_dir = _path(params["pseudo_dataset"])
             written = dataset_quality(ds_dir.parent, ds_dir.name, truth, match_iou=float(params["match_iou"]))
         out_dir = _path(params.get("out_dir")) or store
         title = f"Pseudo-label quality of {store}"

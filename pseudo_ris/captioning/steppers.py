@@ -129,7 +129,7 @@ class CachedCocaStepper:
         self.n_text_heads = self.text.transformer.resblocks[0].attn.num_heads
         self.n_dec_heads = self.dec.resblocks[0].attn.num_heads
         self.width = self.dec.width
-        self.proj = self.dec.text_projection
+        self.proj = self.dec.text_projection.detach()
         self.pairs = build_pairs(self.own, self.contrast, self.groups, self.similarity)
         self.has_contrast = self.pairs.has_contrast
         self.cross_kv = precompute_cross_kv(model, image_embs) if cross_kv is None else cross_kv

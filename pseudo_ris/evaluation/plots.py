@@ -150,9 +150,13 @@ def smooth(values: Sequence[float], window: int = 5) -> list[float]:
     return out
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 40, 40)) -> np.ndarray:
+def _overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0)) -> np.ndarray:
+    """Dim everything outside the mask and outline it, so the labelled object stands out."""
     out = image.astype(np.float32).copy()
-    out[mask] = 0.45 * out[mask] + 0.55 * np.asarray(colour, np.float32)
+    out[~mask] *= 0.35
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    out[mask & ~inner] = colour
     return out.clip(0, 255).astype(np.uint8)
 
 

@@ -365,7 +365,7 @@ def _num(v: Any, digits: int = 2) -> str:
 LABEL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("masks", "masks", _num), ("expressions", "expr.", _num), ("expressions_per_mask", "expr./mask", _num),
     ("referential", "referential %", _pct), ("referential_per_mask", "ref. per mask %", _pct),
-    ("referential_matched", "ref. | matched %", _pct), ("masks_with_referential", "masks with a ref. expr. %", _pct),
+    ("referential_matched", "ref. if matched %", _pct), ("masks_with_referential", "masks with a ref. expr. %", _pct),
     ("mean_iou", "mean IoU", _num), ("iou>=0.5", "IoU>=0.5 %", _pct), ("iou>=0.75", "IoU>=0.75 %", _pct),
 )
 
@@ -389,7 +389,7 @@ def format_quality(report: Mapping[str, Any], dataset: Mapping[str, Any] | None 
         lines.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for key, _, fmt in LABEL_COLUMNS) + " |")
     lines += ["", f"Expressions = distinct texts per mask. Referential = the grounding oracle picks exactly the GT "
                   f"object the mask matches best; masks matching no GT object at IoU >= {report['match_iou']} count "
-                  "as non-referential. \"ref. | matched\" ignores those masks (caption quality alone). "
+                  "as non-referential. \"ref. if matched\" ignores those masks (caption quality alone). "
                   f"Filter policy: {report['policy']}."]
     return "\n".join(lines)
 

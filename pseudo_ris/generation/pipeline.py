@@ -89,7 +89,7 @@ class PseudoLabelPipeline:
     seed: int = 0
     prompt_template: str = "a photo of {}"
 
-    def score(self, image: np.ndarray, masks: list[ObjectMask], texts: list[str], mask_of: list[int]
+    def score(self, image: np.ndarray, masks: list[ObjectMask], texts: list[str]
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """M, C as ``[N_masks, K]`` logits for K candidate texts, and each candidate's noun phrase."""
         views = make_views(image, [m.mask for m in masks], self.scorer.image_size, fill=self.captioner.mean,
@@ -126,14 +126,16 @@ class PseudoLabelPipeline:
         cands = [(mi, c) for mi, cs in enumerate(per_mask) for c in cs if c.text.strip()]
         image_row["n_empty_captions"] = sum(len(cs) for cs in per_mask) - len(cands)
         rows: list[dict] = []
+        rles = [m["rle"] for m in image_row["masks"]]
         if cands:
             texts = [c.text.strip() for _, c in cands]
-            M, C, nouns = self.score(image, masks, texts, [mi for mi, _ in cands])
+            M, C, nouns = self.score(image, masks, texts)
             for k, ((mi, cand), text, noun) in enumerate(zip(cands, texts, nouns)):
                 doc, uniq, corr = doc_scores(M[:, k], C[:, k], mi, self.score_transform)
                 view = int(cand.view)
                 rows.append({
-                    "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "cand_index": k,
+                    "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "mask_rle": rles[mi],
+                    "cand_index": k,
                     "view": view, "view_name": VIEW_NAMES[view] if view < len(VIEW_NAMES) else str(view),
                     "setting": str(getattr(cand, "setting", "")),
                     "distinctive": bool(getattr(cand, "distinctive", False)),

@@ -60,10 +60,20 @@ def write_gallery(path: str | Path, images: list[dict], candidates: list[dict], 
              " .k{color:#060;font-weight:bold} .r{color:#888} img{image-rendering:pixelated}</style>",
              "<h1>Pseudo-label gallery</h1>"]
     if summary:
-        parts.append("<pre>" + html.escape("\n".join(f"{k}: {v}" for k, v in summary.items()
-                                                      if k not in ("unreadable", "policy"))) + "</pre>")
+        skip = ("unreadable", "policy", "by_setting_view")
+        parts.append("<pre>" + html.escape("\n".join(f"{k}: {v}" for k, v in summary.items() if k not in skip))
+                     + "</pre>")
         if summary.get("policy"):
             parts.append(f"<p>policy: {html.escape(str(summary['policy']))}</p>")
+        if summary.get("by_setting_view"):
+            parts.append("<table><tr><th>setting/view</th><th>candidates</th><th>kept</th><th>kept frac</th>"
+                         "<th>median DoC</th></tr>")
+            for name, d in summary["by_setting_view"].items():
+                parts.append(f"<tr><td>{html.escape(name)}</td><td>{d['candidates']}</td><td>{d['kept']}</td>"
+                             f"<td>{d['kept_frac']:.2f}</td><td>{_fmt(d['median_doc'])}</td></tr>")
+            parts.append("</table>")
+        for u in summary.get("unreadable", []):
+            parts.append(f"<p>unreadable: {html.escape(u['file_name'])} ({html.escape(u['error'])})</p>")
     shown = 0
     for img in sorted(images, key=lambda i: int(i["image_id"])):
         if shown >= max_images:

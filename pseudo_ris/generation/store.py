@@ -3,11 +3,12 @@
 ``candidates.shard{i}of{n}.jsonl``  one row per caption candidate (text, noun, view, setting, M/C vectors, DoC, ...)
 ``images.shard{i}of{n}.jsonl``      the done-list: one row per finished image (status, size, its masks as COCO RLE)
 
-Masks are stored once per image (in its done row) and candidates point to them by ``mask_index``: the 44 candidates
-of a mask would otherwise repeat the same RLE 44 times. An image's candidate rows are appended first, its done row
-last, each append one write + fsync. Opening a shard compacts it: torn trailing lines and candidate rows of images
-without a done row (a kill between the two appends) are dropped, atomically (temp file + ``os.replace``). So a killed
-run restarts with exactly the finished images, redoes the unfinished one, and never duplicates rows.
+Each candidate row carries its mask (``mask_index`` and ``mask_rle``), so a shard file is self-contained for
+analysis; the done row lists the image's masks too (a mask that got no candidate is still recorded). An image's
+candidate rows are appended first, its done row last, each append one write + fsync. Opening a shard compacts it:
+torn trailing lines and candidate rows of images without a done row (a kill between the two appends) are dropped,
+atomically (temp file + ``os.replace``). So a killed run restarts with exactly the finished images, redoes the
+unfinished one, and never duplicates rows.
 """
 
 from __future__ import annotations

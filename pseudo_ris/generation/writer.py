@@ -46,6 +46,18 @@ def filter_candidates(images: list[dict], candidates: list[dict], policy: Filter
     docs = [r["doc"] for r in out if r["doc"] is not None and math.isfinite(r["doc"])]
     kept_docs = [r["doc"] for r in out if r["kept"] and r["doc"] is not None and math.isfinite(r["doc"])]
     status = Counter(img.get("status", "ok") for img in images)
+    breakdown: dict[str, dict[str, Any]] = {}
+    for r in out:  # which decoding settings / views survive the filter (distinctive vs plain, DESIGN 1.3)
+        for name in (f"setting {r['setting']}", f"view {r['view_name']}"):
+            d = breakdown.setdefault(name, {"candidates": 0, "kept": 0, "_docs": []})
+            d["candidates"] += 1
+            d["kept"] += int(r["kept"])
+            if r["doc"] is not None and math.isfinite(r["doc"]):
+                d["_docs"].append(r["doc"])
+    for d in breakdown.values():
+        docs_s = sorted(d.pop("_docs"))
+        d["kept_frac"] = d["kept"] / d["candidates"]
+        d["median_doc"] = docs_s[len(docs_s) // 2] if docs_s else None
     summary = {
         "images": len(images), "images_ok": status.get("ok", 0), "images_no_masks": status.get("no_masks", 0),
         "images_unreadable": status.get("unreadable", 0),
@@ -58,7 +70,7 @@ def filter_candidates(images: list[dict], candidates: list[dict], policy: Filter
         "mean_doc": sum(docs) / len(docs) if docs else None,
         "mean_doc_kept": sum(kept_docs) / len(kept_docs) if kept_docs else None,
         "median_doc": float(sorted(docs)[len(docs) // 2]) if docs else None,
-        "mask_decisions": dict(reasons), "policy": asdict(policy),
+        "mask_decisions": dict(reasons), "policy": asdict(policy), "by_setting_view": dict(sorted(breakdown.items())),
     }
     return FilterResult(images, out, summary)
 

@@ -1,0 +1,153 @@
+"""Reproduction plumbing: run plan, mean ± std tables, variant datasets cut from a store, PIL plots; one slow
+end-to-end run of tools/reproduce's library function with tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pseudo_ris.evaluation.reproduce import ROWS, Plan, RunRecord, mean_std, planned_runs, results_table
+
+
+def _plan(tmp_path: Path, **kw) -> Plan:
+    base = dict(profile="quick", seeds=[0, 1], models=["cris_tiny", "lavt_tiny"], datasets=["synthref", "synthrefg"],
+                rows=["human_100", "zero_shot", "full"], max_steps=2, val_every=1, limit_eval=4, gen_max_images=2,
+                plain_sampling=False, out_dir=tmp_path, results_md=tmp_path / "results.md", data_root=tmp_path,
+                train_overrides=[], generate_overrides=[], cache_dir=str(tmp_path))
+    base.update(kw)
+    return Plan(**base)
+
+
+def test_planned_runs_train_pseudo_rows_once_and_zero_shot_once(tmp_path):
+    runs = planned_runs(_plan(tmp_path))
+    assert runs.count(("-", "zero_shot", "all", 0)) == 1
+    human = [r for r in runs if r[1] == "human_100"]
+    assert len(human) == 2 * 2 * 2  # models x seeds x datasets
+    full = [r for r in runs if r[1] == "full"]
+    assert len(full) == 2 * 2 and {r[2] for r in full} == {"synthref"}  # trained once, evaluated everywhere
+
+
+def test_mean_std_and_table():
+    assert mean_std([]) == "-"
+    assert mean_std([0.5]) == "50.0"
+    assert mean_std([0.4, 0.6]) == f"50.0 ± {100 * np.std([0.4, 0.6], ddof=1):.1f}"
+    res = lambda v: {"datasets": {"synthref": {"val": {"mIoU": v, "oIoU": v}, "unseen": {"mIoU": v / 2}}}}
+    records = [RunRecord("cris_tiny", "full", "synthref", 0, res(0.2)),
+               RunRecord("cris_tiny", "full", "synthref", 1, res(0.4)),
+               RunRecord("lavt_tiny", "full", "synthref", 0, res(0.9)),          # other model: not in the table
+               RunRecord("-", "zero_shot", "all", 0, res(0.1)),
+               RunRecord("cris_tiny", "human_100", "synthref", 0, None, "boom")]  # failed: no numbers
+    table = results_table(records, "cris_tiny", "mIoU", ["human_100", "zero_shot", "full"])
+    lines = table.splitlines()
+    assert lines[0] == "| row | SR val | unseen |"
+    full = next(line for line in lines if line.startswith(f"| {ROWS['full'].label}"))
+    assert full.split(" | ")[1:] == [f"30.0 ± {100 * np.std([0.2, 0.4], ddof=1):.1f}", "15.0 ± 7.1 |"]
+    assert f"| {ROWS['zero_shot'].label} | 10.0 | 5.0 |" in lines
+    assert f"| {ROWS['human_100'].label} | - | - |" in lines
+    assert lines.index(next(l for l in lines if "zero-shot" in l)) < lines.index(full)  # canonical row order
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    from pseudo_ris.evaluation.plots import gallery_png, histogram_png, line_chart_png, read_metrics_csv
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss,val/oIoU\n0,9,0.5,\n0,19,0.25,\n0,19,,0.3\n")
+    cols = read_metrics_csv(tmp_path / "metrics.csv")
+    assert cols["train/loss"] == ([9.0, 19.0], [0.5, 0.25]) and cols["val/oIoU"] == ([19.0], [0.3])
+    h = histogram_png({"kept": [1.0, 2.0, 2.5], "rejected": [-1.0, 0.0, float("nan")]}, tmp_path / "h.png")
+    l = line_chart_png({"a": cols["train/loss"]}, tmp_path / "l.png", title="t")
+    img = np.zeros((10, 10, 3), np.uint8)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    g = gallery_png([{"image": img, "mask": mask, "lines": ["+ kept", "- rejected"]}] * 3, tmp_path / "g.png")
+    for path in (h, l, g):
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+            assert len(set(im.convert("L").getdata())) > 2  # something was drawn
+
+
+def test_variant_datasets_from_a_store(tmp_path):
+    """beam / unfiltered / filtered datasets of one store differ exactly by the selected captions."""
+    from pseudo_ris.data.masks import mask_to_rle
+    from pseudo_ris.data.refer import ReferDataset
+    from pseudo_ris.evaluation.variants import write_variant_dataset
+    from pseudo_ris.generation.store import CandidateStore
+
+    store = CandidateStore(tmp_path / "store")
+    masks = [np.zeros((8, 8), bool) for _ in range(2)]
+    masks[0][1:3, 1:3] = True
+    masks[1][5:7, 5:7] = True
+    row = {"key": "5", "image_id": 5, "file_name": "a.png", "height": 8, "width": 8, "status": "ok",
+           "masks": [{"index": i, "rle": mask_to_rle(m), "bbox": [0, 0, 1, 1], "area": 4, "score": 1.0,
+                      "source": "sam", "category_id": None} for i, m in enumerate(masks)]}
+
+    def cand(mi, k, text, setting, distinctive, doc):
+        c = [1.0, 1.0]
+        c[mi] = doc
+        return {"image_id": 5, "file_name": "a.png", "mask_index": mi, "cand_index": k, "view": 0,
+                "view_name": "masked", "setting": setting, "distinctive": distinctive, "text": text, "noun": text,
+                "M_all": [1.0, 1.0], "C_all": c, "doc": doc, "uniqueness": doc, "correctness": 1.0,
+                "score_transform": "logit"}
+
+    store.add_image(row, [cand(0, 0, "a circle", "beam", False, 0.5), cand(0, 1, "a red circle", "topk5", True, 2.0),
+                          cand(1, 2, "a square", "beam", False, 3.0), cand(1, 3, "a blue one", "topp0.5", True, 0.9)])
+    (tmp_path / "store" / "summary.json").write_text(json.dumps({"policy": {"score_transform": "logit",
+                                                                            "fallback": "drop"}}))
+    sents = {}
+    for variant in ("beam", "beam_distinctive", "full"):
+        write_variant_dataset(tmp_path / "store", variant, tmp_path / variant, image_dir=tmp_path)
+        ds = ReferDataset(tmp_path / variant, "pseudo")
+        assert ds.split_by == "pseudo" and ds.splits == ["train"]
+        sents[variant] = {int(r["ann_id"]): sorted(s["sent"] for s in r["sentences"]) for r in ds.refs}
+        for r in ds.refs:
+            assert ds.ref_mask(r).sum() == 4
+    assert sorted(sents["beam"].values()) == [["a circle"], ["a square"]]
+    assert sorted(sents["beam_distinctive"].values()) == [["a blue one", "a square"], ["a circle", "a red circle"]]
+    assert sorted(sents["full"].values()) == [["a red circle"], ["a square"]]  # DoC > 1 only
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_tiny(tmp_path):
+    """Everything with random tiny models, 2 training steps, 3 pool images: the page and the cache work."""
+    from omegaconf import OmegaConf
+
+    from pseudo_ris.evaluation.reproduce import reproduce
+    from pseudo_ris.synthref import build_synthref
+
+    root = tmp_path / "sr"
+    build_synthref(root, seed=0, num_images=40, pool_images=3, progress=False)
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "reproduce.yaml")
+    cfg.data_root, cfg.out_dir, cfg.results_md = str(root), str(tmp_path / "out"), str(tmp_path / "docs/results.md")
+    cfg.generate_overrides = ["generator/captioner=synthref_tiny", "sam.pred_iou_thresh=-100",
+                              "sam.stability_score_thresh=0", "decoding.max_len=6", "decoding.min_len=3",
+                              "decoding.settings=[{kind: beam, value: 2}, {kind: topk, value: 3, distinctive: true}]",
+                              "progress=false"]
+    cfg.profiles.quick.update(dict(max_steps=2, val_every=1, limit_eval=4, gen_max_images=3,
+                                   rows=["zero_shot_gt", "human_10", "full_gt"]))
+    page = reproduce(cfg, progress=lambda s: None)
+    text = page.read_text()
+    assert "0 failed" in text and ROWS["full_gt"].label in text and "masks=gt" in text
+    results = sorted((tmp_path / "out" / "quick" / "runs").rglob("result.json"))
+    assert len(results) == 3
+    stamps = [p.stat().st_mtime for p in results]
+    reproduce(cfg, progress=lambda s: None)  # second run: everything cached
+    assert [p.stat().st_mtime for p in results] == stamps
+    assert "ok (cached)" in page.read_text()
+
+
+def test_claims_compare_means_over_shared_columns():
+    from pseudo_ris.evaluation.reproduce import claims_section
+
+    def res(seen, unseen):
+        return {"datasets": {"synthref": {"val": {"mIoU": seen}, "testA": {"mIoU": seen}, "unseen": {"mIoU": unseen}}}}
+
+    records = [RunRecord("-", "zero_shot", "all", 0, res(0.10, 0.05)),
+               RunRecord("m", "full", "synthref", 0, res(0.30, 0.20)),
+               RunRecord("m", "human_100", "synthref", 0, res(0.60, 0.10))]
+    lines = {line.split(" | ")[0][2:]: line for line in claims_section(records, "m").splitlines()[2:]}
+    assert lines["full method > zero-shot baseline"].endswith("| 30.0 | 10.0 | +20.0 | yes |")
+    assert lines["pseudo labels beat human supervision on unseen concepts"].endswith("| 20.0 | 10.0 | +10.0 | yes |")
+    assert lines["10 % human + pseudo > 10 % human alone"].endswith("not measured |")
