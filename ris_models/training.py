@@ -6,7 +6,7 @@ config. Layout of a run (``output_dir``)::
     checkpoints/best.ckpt, last.ckpt         best by <first val split>/oIoU, and the latest (resume from it)
     checkpoints/metrics_<dataset>.json|.md   final evaluation of best.ckpt on every eval split
     checkpoints/overlays_<dataset>/<split>/  a few PNG overlays per split
-    csv/ or wandb/                           logs
+    csv/version_<k>/ or wandb/              logs (a resumed run gets a new version)
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def build_logger(logger_cfg: Mapping[str, Any], output_dir: Path, run_name: str)
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(output_dir), name="csv", version="")
+        return CSVLogger(save_dir=str(output_dir), name="csv")  # csv/version_<k>/: a resume never overwrites logs
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 

@@ -316,3 +316,28 @@ def test_lazy_contrast_columns_match_full_projection():
     assert float(out[1].abs().max()) == 0.0  # rows without contrast stay zero
     keep[0] = True  # many columns: falls back to the full projection
     assert torch.allclose(lazy.on_columns(keep, rows)[rows], full[rows], atol=1e-5)
+
+
+def test_more_than_30_masks_disables_contrast(tiny):
+    """N = 31 masks: the official rule falls back to plain sampling (same seed -> same tokens as plain)."""
+    views = torch.rand(31, 1, 3, 64, 64, generator=torch.Generator().manual_seed(12))
+    run = lambda d: [m[0].tokens for m in generate_candidates(  # noqa: E731
+        tiny, views, [DecodeSetting("topp", 0.8, d)], generator=torch.Generator().manual_seed(5), max_len=10)]
+    assert run(True) == run(False)
+    views30 = views[:30]
+    run30 = lambda d: [m[0].tokens for m in generate_candidates(  # noqa: E731
+        tiny, views30, [DecodeSetting("topp", 0.8, d)], generator=torch.Generator().manual_seed(5), max_len=10)]
+    assert run30(True) != run30(False)
+
+
+def test_sample_categorical_matches_normalised_vector():
+    from pseudo_ris.captioning.decoding import sample_categorical
+
+    raw = torch.tensor([[0.0, 0.2, 0.0, 0.6, 0.4]])  # sums to 1.2: drawn as raw / 1.2, token 0 and 2 never
+    g = torch.Generator().manual_seed(0)
+    draws = sample_categorical(raw.expand(60000, -1), g)
+    freq = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert freq[0] == 0 and freq[2] == 0
+    assert torch.allclose(freq, (raw[0] / raw.sum()).double(), atol=0.01)
+    again = sample_categorical(raw.expand(60000, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)

@@ -59,7 +59,7 @@ def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
     assert written["splits"]["val"]["oIoU"] == pytest.approx(results["val"]["oIoU"])
     assert (best.parent / "metrics_tinyref.md").read_text().count("| val |") == 1
     assert len(list((best.parent / "overlays_tinyref" / "testA").glob("*.png"))) == 2
-    assert "val/oIoU" in (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/oIoU" in (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
 
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert ckpt["ris_model"]["name"] == "cris_tiny" and ckpt["ris_model"]["config"]["input_size"] == 32
@@ -155,3 +155,21 @@ def test_resolve_data(tiny_ris_data, tmp_path):
         resolve_data({"dataset": {"name": "refcoco"}, "data_root": None})
     with pytest.raises(DataRootError, match="does not exist"):
         resolve_data({"dataset": {"name": "synthref"}, "data_root": str(tmp_path / "nope")})
+
+
+def test_eval_resolution_original_or_input(tiny_ris_data):
+    from ris_models.datamodule import RISDataModule
+    from ris_models.lit_module import RISLitModule
+    from ris_models.registry import build_model
+
+    model = build_model("cris_tiny", input_size=32)
+    dm = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], input_size=32,
+                       image_mean=model.image_mean, image_std=model.image_std, batch_size=2)
+    batch = next(iter(dm.val_dataloader()[0]))
+    preds, targets = RISLitModule(model).predict_masks(batch)  # default: warped back to the 24x32 originals
+    assert [tuple(p.shape) for p in preds] == [(24, 32)] * 2 and [tuple(t.shape) for t in targets] == [(24, 32)] * 2
+    preds, targets = RISLitModule(model, eval_resolution="input", threshold=0.0).predict_masks(batch)
+    assert [tuple(p.shape) for p in preds] == [(32, 32)] * 2 and all(p.all() for p in preds)  # prob > 0 everywhere
+    assert torch.equal(targets[0], batch["mask"][0])
+    with pytest.raises(ValueError, match="eval_resolution"):
+        RISLitModule(model, eval_resolution="480")

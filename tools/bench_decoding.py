@@ -16,6 +16,9 @@ sampling settings of DESIGN 1.3 (top-k 5..13, top-p 0.4..0.8), captions forced t
   boundary landed on different sides -- with a near-uniform random-init 49k vocabulary top-p keeps thousands of
   tokens, so this happens; it is a property of any discontinuous rule, not of the cache).
 
+Times are this process's CPU seconds by default (``--clock cpu``, with ``--threads 1``): on a machine shared with
+other jobs, wall time swings by 2x within minutes, CPU time does not.
+
 Usage: python tools/bench_decoding.py [--models coca_ViT-B-32 coca_tiny] [--n 2 5 10 20] [--steps 3] [--quick]
 The last line is ``speedup N=10: <x>x`` for the first model.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import torch
 
@@ -34,6 +38,7 @@ from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepp
 SETTINGS = ([DecodeSetting("topk", k, True) for k in (5, 7, 9, 11, 13)]
             + [DecodeSetting("topp", p, True) for p in (0.4, 0.5, 0.6, 0.7, 0.8)])
 MAX_LEN = 30
+CLOCK: Callable[[], float] = time.process_time  # set in main(); CPU time is robust to other users' load
 N_STEPS = MAX_LEN - 2  # decoder steps at prefix lengths 1..28; the last token is the forced EOS
 
 
@@ -46,10 +51,10 @@ def _bundle(name: str):
 
 def _time_cached(bundle, n: int, batch_size: int, seed: int) -> float:
     views = torch.rand(n, 1, 3, bundle.image_size, bundle.image_size, generator=torch.Generator().manual_seed(seed))
-    start = time.perf_counter()
+    start = CLOCK()
     cands = generate_candidates(bundle, views, SETTINGS, generator=torch.Generator().manual_seed(seed),
                                 batch_size=batch_size, min_len=MAX_LEN, max_len=MAX_LEN)
-    elapsed = time.perf_counter() - start
+    elapsed = CLOCK() - start
     assert all(len(c.tokens) == MAX_LEN for m in cands for c in m)
     return elapsed
 
@@ -80,9 +85,9 @@ def _uncached_and_equality(bundle, n: int, prefix_lengths: list[int], seed: int)
     for t in prefix_lengths:
         ref = ReferenceCocaStepper(bundle.model, emb, groups, sim, own, contrast, MAX_LEN - 1)
         ref.prefix = prefix[:, : t - 1].clone()
-        start = time.perf_counter()
+        start = CLOCK()
         zr, dr = ref.step(prefix[:, t - 1])
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
         cached = CachedCocaStepper(bundle.model, emb, groups, sim, own, contrast, MAX_LEN - 1)
         for i in range(t):
             zc, lazy = cached.step(prefix[:, i])
@@ -123,10 +128,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="cached path: decoder sequences in flight")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default; 1 is steadier on a shared machine)")
     parser.add_argument("--quick", action="store_true", help="N in {2, 10}, 2 uncached prefix lengths")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="cpu: this process's CPU time (default; steady on a shared machine, meaningful with "
+                             "--threads 1); wall: elapsed time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     ns = [2, 10] if args.quick else args.n
     steps = 2 if args.quick else max(1, args.steps)
     prefix_lengths = sorted({round(1 + i * (N_STEPS - 1) / max(1, steps - 1)) for i in range(steps)})
@@ -135,8 +145,8 @@ def main() -> None:
               f"{'uncached s/step (t=' + ','.join(map(str, prefix_lengths)) + ')':>34} {'uncached s (est)':>16} "
               f"{'speedup':>8} {'max|dp|':>9} {'max|dz|':>9} {'flips':>8}")
     lines, first_speedup = [], {}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, length {MAX_LEN}, "
-          f"10 distinctive settings, one view", flush=True)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.clock} clock, float32, "
+          f"length {MAX_LEN}, 10 distinctive settings, one view", flush=True)
     for name in args.models:
         bundle = _bundle(name)
         for n in ns:

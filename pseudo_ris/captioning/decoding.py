@@ -15,8 +15,9 @@ Distinctive caption sampling, arXiv 2407.07412 Sec. 3 (DESIGN 1.4). For mask i a
   6. when the next token would be the ``max_len``-th (prefix_len + 1 == max_len) EOS is forced.
 
 Decision: ``next_token_probs`` / ``distinctive_next_token_probs`` return the raw vector of step 5 (it may sum to
-more or less than 1) and the samplers draw from exactly that vector with ``torch.multinomial``, which
-normalises, so the sampled distribution is p / sum(p), as in the official implementation.
+more or less than 1) and the samplers draw from exactly that vector, normalised: p / sum(p), which is what
+``torch.multinomial`` (the official implementation) does. ``sample_categorical`` draws from p / sum(p) by inverse
+CDF because ``torch.multinomial`` is ~20x slower on CPU for a 49k vocabulary.
 
 Generation stops for a row when it emits EOS or the pad token (the official loop treats both as finished);
 ``generate_candidates`` bans the pad and start tokens from sampling (``banned_ids``), so with open_clip's BPE the
@@ -39,6 +40,7 @@ __all__ = [
     "next_token_probs",
     "distinctive_next_token_probs",
     "sample_rows",
+    "sample_categorical",
     "beam_search",
     "BeamResult",
 ]
@@ -189,7 +191,7 @@ def distinctive_next_token_probs(
     ``target_logits`` [V] = z_i, ``other_logits`` [N-1,V] = z_j of the other masks' crops under the same prefix,
     ``similarity`` [N-1] = s_ij. ``prefix_len`` counts the tokens already in the sequence, start token
     included. Exactly one of ``top_k`` / ``top_p``. Returns the raw vector [V] (p[EOS] replaced, not
-    renormalised); sample with ``torch.multinomial``, which normalises.
+    renormalised); sample with ``torch.multinomial`` or ``sample_categorical``, which normalise.
     """
     if (top_k is None) == (top_p is None):
         raise ValueError("give exactly one of top_k / top_p")
@@ -208,6 +210,18 @@ def distinctive_next_token_probs(
     return next_token_probs(z, z_dep, has_contrast, top_k=0 if top_k is None else top_k,
                             top_p=1.0 if top_p is None else top_p, eos_id=eos_id, prefix_len=prefix_len,
                             min_len=min_len, max_len=max_len)[0]
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row from probs / probs.sum() (rows need not sum to 1), by inverse CDF in float64.
+
+    Same distribution as ``torch.multinomial(probs, 1)`` but ~20x faster on CPU for a 49k vocabulary. With
+    ``right=True`` the search lands on the first token whose cumulative mass exceeds the draw, so tokens with
+    probability 0 are never returned; u < 1 in float64 keeps the draw below the total."""
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.flatten().clamp(max=probs.shape[1] - 1)
 
 
 @torch.no_grad()
@@ -248,7 +262,7 @@ def sample_rows(
             z[:, list(banned_ids)] = float("-inf")
         probs = next_token_probs(z, z_dep, stepper.has_contrast, top_k=top_k[live], top_p=top_p[live],
                                  eos_id=eos_id, prefix_len=prefix_len, min_len=min_len, max_len=max_len)
-        nxt = torch.multinomial(probs, 1, generator=generator).flatten()
+        nxt = sample_categorical(probs, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         for r, tok, d in zip(live.tolist(), nxt.tolist(), done.tolist()):
             if not d:

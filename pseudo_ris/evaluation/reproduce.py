@@ -229,6 +229,8 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
     out = run_dir(plan, model, row_name, dataset, seed)
     cfg = train_config(plan, model, row, dataset, seed, out, pseudo_root)
     result = train(cfg)
+    if not result["results"]:  # interrupted (Ctrl-C / SIGTERM): never cache a run without numbers
+        raise RuntimeError(f"training of {out} stopped before its evaluation; rerun to resume from last.ckpt")
     ckpt = result["best_ckpt"] or result["last_ckpt"]
     datasets = {dataset: result["results"]}
     if row.kind == "pseudo":
@@ -236,7 +238,7 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
             datasets[other] = _evaluate_other(plan, ckpt, other, cfg["trainer"], Path(ckpt).parent)
     return {"datasets": datasets, "global_step": int(result["global_step"]),
             "train_seconds": round(float(result["train_seconds"]), 1), "checkpoint": str(ckpt),
-            "metrics_csv": str(out / "csv" / "metrics.csv")}
+            "metrics_csv": str(out / "csv" / "metrics.csv"), "data_root": str(plan.data_root)}
 
 
 def run_zero_shot(plan: Plan, row_name: str) -> dict:
@@ -251,7 +253,8 @@ def run_zero_shot(plan: Plan, row_name: str) -> dict:
         ds = ReferDataset(plan.data_root, name)
         model = build_zero_shot(gen_cfg, dataset=ds)
         datasets[name] = evaluate_zero_shot(model, ds, limit=plan.limit_eval)
-    return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1)}
+    return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1),
+            "data_root": str(plan.data_root)}
 
 
 def _cached(path: Path, fn: Callable[[], dict]) -> tuple[dict, bool]:
@@ -377,7 +380,7 @@ def claims_section(records: Sequence[RunRecord], model: str, metric: str = "mIoU
 # -------------------------------------------------------------------------------------------------- plots
 def make_plots(plan: Plan, records: Sequence[RunRecord], fig_dir: Path) -> dict[str, Path]:
     """DoC histogram and gallery of the SAM store, learning curves of the trained runs (seed = first)."""
-    from pseudo_ris.evaluation.plots import histogram_png, line_chart_png, read_metrics_csv, smooth
+    from pseudo_ris.evaluation.plots import line_chart_png, read_metrics_csv, smooth
 
     figs: dict[str, Path] = {}
     store = plan.out_dir / "generate" / "sam"
@@ -432,6 +435,16 @@ def _store_plots(plan: Plan, store: Path, fig_dir: Path) -> dict[str, Path]:
                                      title=f"log10 DoC of candidates (threshold {result.summary['policy']['threshold']})"
                                            f"; transform {result.summary['policy']['score_transform']}",
                                      xlabel="log10 DoC")
+    from pseudo_ris.evaluation.quality import GroundTruth, per_candidate_flags
+
+    by_ref = {"referential": [], "not referential": []}
+    for r, ok in per_candidate_flags(store, GroundTruth.from_root(plan.data_root)):
+        if (r.get("setting", "").startswith("beam") or r.get("distinctive")) and r.get("doc") is not None \
+                and r["doc"] > 0 and math.isfinite(r["doc"]):
+            by_ref["referential" if ok else "not referential"].append(math.log10(r["doc"]))
+    figs["doc_by_referential"] = histogram_png(by_ref, fig_dir / "doc_by_referential.png", bins=40,
+                                               title="log10 DoC of candidates, split by the grounding oracle",
+                                               xlabel="log10 DoC")
     meta = json.loads((store / "meta.json").read_text())
     by_mask: dict[tuple[str, int], list[dict]] = {}
     for r in result.candidates:
@@ -493,6 +506,11 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
              "RefCOCOg-style), unseen = `synthref` held-out-concept split (targets with a held-out shape or colour). "
              "Pseudo-label rows are trained once on the pool's labels (checkpoint chosen on SR val) and evaluated on "
              "every dataset; human/mixed rows are trained per dataset. Zero-shot rows do not depend on the model.", ""]
+    roots = sorted({str(r.result["data_root"]) for r in done if r.result.get("data_root")})
+    lines += [f"SynthRef build: `{plan.data_root}` (directory name = SynthRef cache key).", ""]
+    if any(root != str(plan.data_root) for root in roots):
+        lines += [f"> **Warning**: cached runs used other SynthRef builds ({roots}); their numbers are not "
+                  "comparable. Delete their run directories and rerun.", ""]
     if plan.profile != "full":
         lines += [f"> **Caveat**: quick profile: one seed, {plan.max_steps} steps, truncated evaluation. These are "
                   "smoke-test numbers of the pipeline, not converged results; differences of a few points are "
