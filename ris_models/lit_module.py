@@ -146,10 +146,33 @@ class RISLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ris_model"] = {"name": self.model.config.get("name"), "model_type": self.model.model_type,
                                    "config": self.model.config}
+        vocab = _vocab_file(self.model)
+        if vocab is not None:  # the vocabulary file may change later; the weights only fit this exact one
+            checkpoint["ris_model"]["vocab_text"] = vocab.read_text(encoding="utf-8")
         checkpoint["ris_data"] = self.data_info
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_compatible(checkpoint, self.model, source="checkpoint")
+
+
+def _vocab_file(model: RISModel) -> Path | None:
+    """The local vocabulary file a model's tokenizer reads (WordPiece for LAVT), if any."""
+    path = getattr(getattr(model, "tokenizer", None), "vocab_file", None)
+    return Path(path) if path is not None and Path(path).is_file() else None
+
+
+def _materialise_vocab(text: str) -> Path:
+    """Write a checkpoint's saved vocabulary to a content-addressed temp file (atomic, reused)."""
+    import hashlib
+    import tempfile
+
+    from pseudo_ris.data.io import atomic_write_text
+
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "ris_models_vocab" / f"{digest}.txt"
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return path
 
 
 def _arch(config: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +190,11 @@ def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = 
             f"{source} holds a {info.get('model_type')!r} model (preset {info.get('name')!r}) but the configured "
             f"model is {mine['model_type']!r} (preset {mine['name']!r}); pick model={info.get('name')} or another "
             f"checkpoint")
+    vocab = _vocab_file(model)
+    if info.get("vocab_text") and vocab is not None and vocab.read_text(encoding="utf-8") != info["vocab_text"]:
+        raise CheckpointError(f"{source} was trained with another version of the vocabulary {vocab.name}; "
+                              "evaluate it with tools/evaluate.py (which uses the vocabulary saved in the "
+                              "checkpoint) or restore that vocabulary file")
     theirs, ours = _arch(info.get("config", {})), _arch(model.config)
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:
@@ -204,11 +232,17 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrid
     for key in _WEIGHT_SOURCE_KEYS:  # the weights come from the checkpoint, not from a download
         if key in config:
             config[key] = None
+    if info.get("vocab_text") and config.get("vocab_file"):
+        config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
     model = build_model(**config)
+    model.config["vocab_file"] = info["config"].get("vocab_file", config.get("vocab_file"))
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams.update(overrides)
     lit = RISLitModule(model, **hparams)
-    missing, unexpected = lit.load_state_dict(checkpoint["state_dict"], strict=False)
+    try:
+        missing, unexpected = lit.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as exc:  # size mismatches, e.g. a vocabulary file that changed since training
+        raise CheckpointError(f"checkpoint {path} does not fit the rebuilt {info.get('name')}: {exc}") from exc
     missing = [k for k in missing if not k.startswith(("val_metrics", "test_metrics"))]
     unexpected = [k for k in unexpected if not k.startswith(("val_metrics", "test_metrics"))]
     if missing or unexpected:

@@ -115,7 +115,7 @@ def test_configs_compose_and_reject_unknown_keys(tiny_ris_data, tmp_path):
             cfg = _cfg("train", [f"{group}={option}"])
             assert cfg[group] is not None
     cfg = _cfg("train", [])
-    assert (cfg.data.mode, cfg.model.name, cfg.dataset.name, cfg.logger.type) == ("human", "cris_tiny", "synthref", "csv")
+    assert (cfg.data.mode, cfg.model.name, cfg.dataset.name, cfg.logger.type) == ("human", "lavt_tiny", "synthref", "csv")
     assert _cfg("train", ["dataset=refcocog_google"]).dataset.split_by == "google"
     assert _cfg("train", ["trainer=gpu"]).trainer.precision == "16-mixed"
     assert _cfg("train", ["trainer=ddp"]).trainer.strategy == "ddp"
@@ -173,3 +173,26 @@ def test_eval_resolution_original_or_input(tiny_ris_data):
     assert torch.equal(targets[0], batch["mask"][0])
     with pytest.raises(ValueError, match="eval_resolution"):
         RISLitModule(model, eval_resolution="480")
+
+
+def test_checkpoint_keeps_its_vocabulary(tmp_path):
+    """A LAVT checkpoint stays loadable after its WordPiece vocabulary file changes (the text is saved inside)."""
+    from ris_models.lit_module import RISLitModule, check_compatible
+    from ris_models.registry import build_model
+    from ris_models.text import resolve_asset
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(resolve_asset("synthref_wordpiece.txt").read_text())
+    lit = RISLitModule(build_model("lavt_tiny", vocab_file=str(vocab), input_size=32))
+    ckpt = {"state_dict": lit.state_dict(), "hyper_parameters": dict(lit.hparams)}
+    lit.on_save_checkpoint(ckpt)
+    path = tmp_path / "lavt.ckpt"
+    torch.save(ckpt, path)
+    size = lit.model.tokenizer.vocab_size
+    vocab.write_text(vocab.read_text() + "zebra\n")  # the asset changes after training
+    with pytest.raises(CheckpointError, match="another version of the vocabulary"):
+        check_compatible(ckpt, build_model("lavt_tiny", vocab_file=str(vocab), input_size=32))
+    loaded = load_checkpoint(path)
+    assert loaded.model.tokenizer.vocab_size == size
+    ids = loaded.model.tokenize(["the red circle"])["input_ids"]
+    assert torch.equal(ids, lit.model.tokenize(["the red circle"])["input_ids"])

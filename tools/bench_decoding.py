@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--n", nargs="+", type=int, default=[2, 5, 10, 20])
     parser.add_argument("--steps", type=int, default=3, help="prefix lengths at which the uncached step is timed")
     parser.add_argument("--batch-size", type=int, default=256, help="cached path: decoder sequences in flight")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default; 1 is steadier on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0 = torch default; 1 is steadier on a shared machine)")
     parser.add_argument("--quick", action="store_true", help="N in {2, 10}, 2 uncached prefix lengths")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: this process's CPU time (default; steady on a shared machine, meaningful with "

@@ -1,9 +1,9 @@
 """Train a referring-segmentation model (thin Hydra entry point; the work is in ``ris_models.training``).
 
-    python tools/train.py                                   # SynthRef, human labels, cris_tiny
+    python tools/train.py                                   # SynthRef, human labels, lavt_tiny
     python tools/train.py data=pseudo pseudo_root=<dir>
     python tools/train.py data=mixed ratio=0.1 pseudo_root=<dir>
-    python tools/train.py data=human model=lavt_tiny
+    python tools/train.py data=human model=cris_tiny
     python tools/train.py ckpt_path=runs/.../checkpoints/last.ckpt      # resume
 
 See conf/train.yaml for every option; unknown keys are rejected by Hydra.

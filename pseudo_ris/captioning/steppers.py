@@ -28,7 +28,10 @@ from torch import nn
 
 from .decoding import LazyContrast
 
-__all__ = ["RowPairs", "build_pairs", "precompute_cross_kv", "CachedCocaStepper", "ReferenceCocaStepper", "MAX_CONTRAST_GROUP"]
+__all__ = [
+    "RowPairs", "build_pairs", "precompute_cross_kv", "CachedCocaStepper", "ReferenceCocaStepper",
+    "MAX_CONTRAST_GROUP",
+]
 
 MAX_CONTRAST_GROUP = 30  # paper/official: contrast only for 2 <= N <= 30 masks
 

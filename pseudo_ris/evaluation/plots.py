@@ -65,8 +65,8 @@ class _Axes:
         x0, y0, x1, _ = self.box
         for i, label in enumerate(labels):
             y = y0 + 6 + 14 * i
-            self.draw.rectangle([x1 - 150, y, x1 - 140, y + 10], fill=PALETTE[i % len(PALETTE)])
-            self.draw.text((x1 - 135, y - 1), label[:24], fill=(0, 0, 0), font=_FONT)
+            self.draw.rectangle([x1 + 10, y, x1 + 20, y + 10], fill=PALETTE[i % len(PALETTE)])
+            self.draw.text((x1 + 25, y - 1), label[:26], fill=(0, 0, 0), font=_FONT)
 
 
 def _tick(v: float) -> str:
@@ -76,7 +76,7 @@ def _tick(v: float) -> str:
 
 
 def histogram_png(groups: Mapping[str, Sequence[float]], path: str | Path, *, bins: int = 30, title: str = "",
-                  xlabel: str = "", size: tuple[int, int] = (640, 400)) -> Path:
+                  xlabel: str = "", size: tuple[int, int] = (800, 400)) -> Path:
     """Overlaid step histograms of each group (same bins), counts on the y axis; non-finite values are dropped."""
     clean = {k: np.asarray([v for v in vals if v is not None and math.isfinite(v)], float)
              for k, vals in groups.items()}
@@ -85,7 +85,7 @@ def histogram_png(groups: Mapping[str, Sequence[float]], path: str | Path, *, bi
     counts = {k: np.histogram(v, edges)[0] for k, v in clean.items()}
     top = max([c.max() for c in counts.values() if len(c)] + [1])
     img = Image.new("RGB", size, (255, 255, 255))
-    ax = _Axes(ImageDraw.Draw(img), (60, 30, size[0] - 20, size[1] - 50), (edges[0], edges[-1]), (0, top * 1.05))
+    ax = _Axes(ImageDraw.Draw(img), (60, 30, size[0] - 180, size[1] - 50), (edges[0], edges[-1]), (0, top * 1.05))
     for i, (label, c) in enumerate(counts.items()):
         pts = []
         for b, n in enumerate(c):
@@ -98,12 +98,12 @@ def histogram_png(groups: Mapping[str, Sequence[float]], path: str | Path, *, bi
 
 
 def line_chart_png(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
-                   title: str = "", xlabel: str = "", ylabel: str = "", size: tuple[int, int] = (640, 400)) -> Path:
+                   title: str = "", xlabel: str = "", ylabel: str = "", size: tuple[int, int] = (800, 400)) -> Path:
     """One polyline (with dots) per series of ``(xs, ys)``."""
     xs = [x for s in series.values() for x in s[0]] or [0.0, 1.0]
     ys = [y for s in series.values() for y in s[1] if math.isfinite(y)] or [0.0, 1.0]
     img = Image.new("RGB", size, (255, 255, 255))
-    ax = _Axes(ImageDraw.Draw(img), (60, 30, size[0] - 20, size[1] - 50), (min(xs), max(xs)),
+    ax = _Axes(ImageDraw.Draw(img), (60, 30, size[0] - 180, size[1] - 50), (min(xs), max(xs)),
                (min(ys), max(ys) + 1e-9))
     for i, (_, (sx, sy)) in enumerate(series.items()):
         pts = [ax.px(x, y) for x, y in zip(sx, sy) if math.isfinite(y)]

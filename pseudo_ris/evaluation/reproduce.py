@@ -469,7 +469,8 @@ def _store_plots(plan: Plan, store: Path, fig_dir: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- quality
 def quality_section(plan: Plan) -> str:
-    from pseudo_ris.evaluation.quality import GroundTruth, format_quality, store_quality, write_quality
+    from pseudo_ris.evaluation.quality import (GroundTruth, dataset_quality, format_quality, store_quality,
+                                               write_quality)
 
     parts = []
     truth = GroundTruth.from_root(plan.data_root)
@@ -480,10 +481,14 @@ def quality_section(plan: Plan) -> str:
         path = store / "quality.json"
         if path.is_file() and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime:
             report = json.loads(path.read_text())
+            written = report.pop("dataset", None)
         else:
             report = store_quality(store, truth)
-            write_quality(report, store, title=f"masks={masks}")
-        parts.append(format_quality(report, title=f"Pseudo labels with masks={masks} ({store})"))
+            # the generator's own output (all stored candidates, DoC-filtered): same labels as "full" unless the
+            # store also holds plain samples
+            written = dataset_quality(store, "pseudo", truth) if (store / "pseudo").is_dir() else None
+            write_quality(report, store, dataset=written, title=f"masks={masks}")
+        parts.append(format_quality(report, written, title=f"Pseudo labels with masks={masks} ({store})"))
     return "\n\n".join(parts) if parts else "_no candidate store yet_"
 
 
