@@ -50,7 +50,7 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
            for pair in pairs[:1]}
     predictor = SamPredictor(sam)
     rng = scene_rng("sam_eval", seed, 10 ** 6)
-    stats = {pair: {"matched50": 0, "matched75": 0, "tp50": 0, "n_pred": 0} for pair in pairs}
+    stats = {pair: {"matched50": 0, "matched75": 0, "tp50": 0, "dup50": 0, "n_pred": 0} for pair in pairs}
     n_gt, prompted, t_gen = 0, [], 0.0
     for i in tqdm(range(num_images), desc="eval sam", disable=not progress):
         scene = scene_at("sam_eval", seed, i)
@@ -68,7 +68,9 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
             s = stats[pair]
             s["matched50"] += int((best_gt >= 0.5).sum())
             s["matched75"] += int((best_gt >= 0.75).sum())
-            s["tp50"] += int((iou.max(1) >= 0.5).sum()) if len(gt) else 0
+            hits = iou.max(1) >= 0.5 if len(pred) else np.zeros(0, bool)
+            s["tp50"] += int(hits.sum())
+            s["dup50"] += int(hits.sum()) - len(set(iou.argmax(1)[hits].tolist()))  # second masks of one object
             s["n_pred"] += len(pred)
         # prompted quality: one click inside each object, best of the 3 outputs (the training objective)
         predictor.set_image(scene.image)
@@ -83,7 +85,8 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
         s = stats[pair]
         return {"pred_iou_thresh": pair[0], "stability_score_thresh": pair[1],
                 "recall@0.5": s["matched50"] / max(n_gt, 1), "recall@0.75": s["matched75"] / max(n_gt, 1),
-                "precision@0.5": s["tp50"] / max(s["n_pred"], 1), "masks_per_image": s["n_pred"] / num_images}
+                "precision@0.5": s["tp50"] / max(s["n_pred"], 1), "masks_per_image": s["n_pred"] / num_images,
+                "duplicates_per_image": s["dup50"] / num_images}
 
     summary = {**row(pairs[0]), "prompted_best_of_3_iou": float(np.mean(prompted)), "gt_per_image": n_gt / num_images,
                "seconds_per_image": t_gen / num_images, "points_per_side": points_per_side,
