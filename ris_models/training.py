@@ -132,7 +132,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None) -> dict[s
     trainer.fit(lit, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     seconds = time.perf_counter() - start
     out = {"output_dir": output_dir, "global_step": trainer.global_step, "train_seconds": seconds,
-           "best_ckpt": checkpoint.best_model_path if checkpoint else None,
+           "best_ckpt": (checkpoint.best_model_path or None) if checkpoint else None,  # None: never validated
            "last_ckpt": str(output_dir / "checkpoints" / "last.ckpt"), "results": {}}
     if trainer.interrupted or not cfg.get("evaluate_after", True):
         return out

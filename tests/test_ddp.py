@@ -74,7 +74,7 @@ def test_train_cli_ddp_two_cpu_processes_matches_single_process_eval(tiny_ris_da
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
     common = [f"dataset.name={tiny_ris_data['dataset']}", f"data_root={tiny_ris_data['data_root']}",
-              "model.input_size=32", "trainer.enable_progress_bar=false"]
+              "model=cris_tiny", "model.input_size=32", "trainer.enable_progress_bar=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(root / "tools" / "train.py"), *common, "batch_size=4", "epochs=2",
                     "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "logger=none",

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pseudo_ris.foundation import (CocaTrainConfig, GenericCaptionConfig, SamTrainConfig, ensure_foundation_models,
                                    train_coca, train_sam)
@@ -222,7 +221,9 @@ def test_coca_loss_decreases_on_a_fixed_batch():
 # --- configs and the command line ------------------------------------------------------------------------------------
 
 def test_yaml_mirrors_dataclass_defaults():
-    conf = yaml.safe_load((ROOT / "conf" / "foundation.yaml").read_text())
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "foundation.yaml"), resolve=True)
     assert conf["sam"] == config_dict(SamTrainConfig())
     assert conf["coca"] == config_dict(CocaTrainConfig())
 
@@ -266,6 +267,16 @@ def test_shipped_weights_load_and_are_small():
     assert not (ROOT / ".cache-unused").exists()  # nothing trained without retrain=True
 
 
+def test_shipped_recipes_are_the_current_defaults():
+    """retrain=True must reproduce the shipped recipe; a changed default needs new shipped weights."""
+    from pseudo_ris.foundation.registry import shipped_recipe
+
+    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig)):
+        recipe = shipped_recipe(kind)
+        assert recipe, f"{kind}_recipe.json missing next to the shipped weights"
+        assert config_hash(make_config(cls, recipe)) == config_hash(cls())
+
+
 def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
     import pseudo_ris.foundation as foundation
 
@@ -276,7 +287,8 @@ def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
             calls.append(kind)
             out_dir.mkdir(parents=True)
             (out_dir / "w.pt").write_bytes(b"x")
-            (out_dir / "recipe.json").write_text(json.dumps({"weights": "w.pt"}))
+            (out_dir / "recipe.json").write_text(json.dumps(
+                {"weights": "w.pt", "runs": [{"steps_done": cfg.steps, "schedule_steps": cfg.steps}]}))
             return out_dir / "w.pt"
         return train
 

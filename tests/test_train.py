@@ -196,3 +196,13 @@ def test_checkpoint_keeps_its_vocabulary(tmp_path):
     assert loaded.model.tokenizer.vocab_size == size
     ids = loaded.model.tokenize(["the red circle"])["input_ids"]
     assert torch.equal(ids, lit.model.tokenize(["the red circle"])["input_ids"])
+
+
+def test_lavt_tiny_trains_and_evaluates(tiny_ris_data, tmp_path):
+    out = train(_train_cfg(tiny_ris_data, tmp_path / "lavt", "model=lavt_tiny", "model.input_size=64", "max_steps=3",
+                           "epochs=1", "limit_eval=4", "logger=none", "num_overlays=0"))
+    assert out["global_step"] == 3
+    assert set(out["results"]) == {"val", "testA"} and out["results"]["val"]["n"] == 4
+    assert out["best_ckpt"] is None  # stopped before the first validation: the final evaluation used last.ckpt
+    ckpt = torch.load(out["last_ckpt"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["ris_model"]["model_type"] == "lavt" and ckpt["ris_model"]["vocab_text"]

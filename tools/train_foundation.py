@@ -27,8 +27,7 @@ def main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads))
     if cfg.model not in ("sam", "coca"):
         raise SystemExit(f"model must be sam or coca, got {cfg.model!r}")
-    section = OmegaConf.to_container(cfg[cfg.model], resolve=True)
-    section["seed"] = int(cfg.seed)
+    section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
     if cfg.steps is not None:
         section["steps"] = int(cfg.steps)
     out = Path(hydra.utils.to_absolute_path(str(cfg.out)))
@@ -37,8 +36,8 @@ def main(cfg: DictConfig) -> None:
     print(f"weights: {path}")
     if cfg.evaluate:
         evaluate = evaluate_sam if cfg.model == "sam" else evaluate_coca
-        report = evaluate(path, **OmegaConf.to_container(cfg.eval[cfg.model], resolve=True), out_path=out / "quality.json",
-                          progress=bool(cfg.progress))
+        options = OmegaConf.to_container(cfg.eval[cfg.model], resolve=True)
+        report = evaluate(path, **options, out_path=out / "quality.json", progress=bool(cfg.progress))
         print(json.dumps(report["summary"], indent=1))
 
 

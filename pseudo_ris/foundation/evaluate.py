@@ -32,40 +32,55 @@ def _iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int = 100, seed: int = 0,
                  points_per_side: int = 16, pred_iou_thresh: float = 0.5, stability_score_thresh: float = 0.8,
-                 box_nms_thresh: float = 0.7, sweep: list[tuple[float, float]] | None = None,
-                 out_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Automatic-mask quality of a tiny SAM; ``sweep`` adds (pred_iou, stability) threshold pairs to the report.
+                 box_nms_thresh: float = 0.7, selection_nms_iou: float = 0.7,
+                 sweep: list[tuple[float, float]] | None = None, out_path: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Automatic-mask quality of a tiny SAM at explicit thresholds.
 
-    Masks are generated once at the loosest thresholds and filtered afterwards, so a sweep costs no extra model
-    calls (the generator's NMS runs before thresholds would have applied, a small difference noted in the report).
+    Reported twice: raw `SamAutomaticMaskGenerator` output, and after the generator's object-level selection
+    (`pseudo_ris.masks.source.select_objects`: area filters + greedy mask-IoU NMS at ``selection_nms_iou``), which is
+    what pseudo-labelling sees. ``sweep`` adds (pred_iou, stability) pairs; they are filtered from one generation at
+    the loosest pair, so box NMS ran before the thresholds (a small difference from running each pair alone).
     """
     from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
     from ..masks.sam import build_sam
+    from ..masks.source import ObjectMask, SelectionConfig, select_objects
 
     sam = build_sam(arch, checkpoint=checkpoint)
-    pairs = [(pred_iou_thresh, stability_score_thresh)] + [tuple(p) for p in (sweep or [])]
-    gen = {pair: SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, pred_iou_thresh=pair[0],
-                                           stability_score_thresh=pair[1], box_nms_thresh=box_nms_thresh)
-           for pair in pairs[:1]}
+    main = (pred_iou_thresh, stability_score_thresh)
+    pairs = [tuple(p) for p in (sweep or [])]
+    exact = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, pred_iou_thresh=main[0],
+                                      stability_score_thresh=main[1], box_nms_thresh=box_nms_thresh)
+    loose = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side,
+                                      pred_iou_thresh=min(p[0] for p in pairs),
+                                      stability_score_thresh=min(p[1] for p in pairs),
+                                      box_nms_thresh=box_nms_thresh) if pairs else None
+    selection = SelectionConfig(nms_iou=selection_nms_iou)
     predictor = SamPredictor(sam)
     rng = scene_rng("sam_eval", seed, 10 ** 6)
-    stats = {pair: {"matched50": 0, "matched75": 0, "tp50": 0, "dup50": 0, "n_pred": 0} for pair in pairs}
+    keys = [("raw", main), ("selected", main)] + [("selected", p) for p in pairs]
+    stats = {k: {"matched50": 0, "matched75": 0, "tp50": 0, "dup50": 0, "n_pred": 0} for k in keys}
     n_gt, prompted, t_gen = 0, [], 0.0
     for i in tqdm(range(num_images), desc="eval sam", disable=not progress):
         scene = scene_at("sam_eval", seed, i)
         gt = np.stack([o.mask for o in scene.objects])
         n_gt += len(gt)
         t0 = time.time()
-        records = gen[pairs[0]].generate(scene.image) if len(pairs) == 1 else _loose(sam, scene.image, pairs,
-                                                                                     points_per_side, box_nms_thresh)
+        records = exact.generate(scene.image)
         t_gen += time.time() - t0
-        for pair in pairs:
-            kept = [r for r in records if r["predicted_iou"] >= pair[0] and r["stability_score"] >= pair[1]]
-            pred = np.stack([r["segmentation"] for r in kept]) if kept else np.zeros((0,) + gt.shape[1:], bool)
+        loose_records = loose.generate(scene.image) if loose is not None else []
+        for kind, pair in keys:
+            source = records if pair == main else loose_records
+            kept = [r for r in source if r["predicted_iou"] >= pair[0] and r["stability_score"] >= pair[1]]
+            masks = [r["segmentation"] for r in kept]
+            if kind == "selected":
+                objs = [ObjectMask(mask=r["segmentation"], score=float(r["predicted_iou"])) for r in kept]
+                masks = [o.mask for o in select_objects(objs, scene.image.shape, selection)]
+            pred = np.stack(masks) if masks else np.zeros((0,) + gt.shape[1:], bool)
             iou = _iou_matrix(pred, gt)
             best_gt = iou.max(0) if len(pred) else np.zeros(len(gt))
-            s = stats[pair]
+            s = stats[(kind, pair)]
             s["matched50"] += int((best_gt >= 0.5).sum())
             s["matched75"] += int((best_gt >= 0.75).sum())
             hits = iou.max(1) >= 0.5 if len(pred) else np.zeros(0, bool)
@@ -77,33 +92,28 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
         for obj in scene.objects:
             ys, xs = np.nonzero(obj.mask)
             k = int(rng.integers(len(xs)))
-            masks, _, _ = predictor.predict(point_coords=np.array([[xs[k] + 0.5, ys[k] + 0.5]]),
-                                            point_labels=np.array([1]), multimask_output=True)
-            prompted.append(float(_iou_matrix(masks, obj.mask[None]).max()))
+            out, _, _ = predictor.predict(point_coords=np.array([[xs[k] + 0.5, ys[k] + 0.5]]),
+                                          point_labels=np.array([1]), multimask_output=True)
+            prompted.append(float(_iou_matrix(out, obj.mask[None]).max()))
 
-    def row(pair: tuple[float, float]) -> dict[str, float]:
-        s = stats[pair]
-        return {"pred_iou_thresh": pair[0], "stability_score_thresh": pair[1],
-                "recall@0.5": s["matched50"] / max(n_gt, 1), "recall@0.75": s["matched75"] / max(n_gt, 1),
-                "precision@0.5": s["tp50"] / max(s["n_pred"], 1), "masks_per_image": s["n_pred"] / num_images,
-                "duplicates_per_image": s["dup50"] / num_images}
+    def row(key: tuple) -> dict[str, float]:
+        s = stats[key]
+        return {"pred_iou_thresh": key[1][0], "stability_score_thresh": key[1][1],
+                "recall@0.5": round(s["matched50"] / max(n_gt, 1), 4),
+                "recall@0.75": round(s["matched75"] / max(n_gt, 1), 4),
+                "precision@0.5": round(s["tp50"] / max(s["n_pred"], 1), 4),
+                "masks_per_image": round(s["n_pred"] / num_images, 3),
+                "duplicates_per_image": round(s["dup50"] / num_images, 3)}
 
-    summary = {**row(pairs[0]), "prompted_best_of_3_iou": float(np.mean(prompted)), "gt_per_image": n_gt / num_images,
-               "seconds_per_image": t_gen / num_images, "points_per_side": points_per_side,
-               "box_nms_thresh": box_nms_thresh, "num_images": num_images}
-    report = {"summary": summary, "sweep": [row(p) for p in pairs[1:]], "checkpoint": str(checkpoint)}
+    summary = {**row(("selected", main)), "raw_amg": row(("raw", main)),
+               "prompted_best_of_3_iou": round(float(np.mean(prompted)), 4), "gt_per_image": n_gt / num_images,
+               "amg_seconds_per_image": round(t_gen / num_images, 3), "points_per_side": points_per_side,
+               "box_nms_thresh": box_nms_thresh, "selection_nms_iou": selection_nms_iou, "num_images": num_images}
+    report = {"summary": summary, "sweep_selected": [row(("selected", p)) for p in pairs],
+              "checkpoint": str(checkpoint)}
     if out_path is not None:
         atomic_write_json(out_path, report, indent=1)
     return report
-
-
-def _loose(sam: Any, image: np.ndarray, pairs: list, points_per_side: int, box_nms_thresh: float) -> list[dict]:
-    from segment_anything import SamAutomaticMaskGenerator
-    gen = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side,
-                                    pred_iou_thresh=min(p[0] for p in pairs),
-                                    stability_score_thresh=min(p[1] for p in pairs), box_nms_thresh=box_nms_thresh)
-    return gen.generate(image)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -102,7 +102,8 @@ def run_loop(*, name: str, out_dir: Path, model: torch.nn.Module, optimizer: tor
             save_state(state_path, model, optimizer, step + 1, recipe_hash)
     bar.close()
     model.eval()
-    return {"steps_done": max(end, done), "schedule_steps": steps, "resumed_from": done, "elapsed_s": time.time() - t0, "last": last}
+    return {"steps_done": max(end, done), "schedule_steps": steps, "resumed_from": done,
+            "elapsed_s": time.time() - t0, "last": last}
 
 
 def write_recipe(out_dir: Path, kind: str, config: dict, recipe_hash: str, summary: dict, weights: str) -> Path:

@@ -64,9 +64,12 @@ def ensure_foundation_models(cache_dir: str | Path, retrain: bool = False, *, sa
 
 
 def _finished_weights(run_dir: Path) -> Path | None:
-    """The weights of a finished run (recorded in its recipe.json), else None."""
+    """The weights of a run that completed its schedule (per its recipe.json), else None (train or resume)."""
     record = run_dir / "recipe.json"
     if not record.is_file():
         return None
-    weights = json.loads(record.read_text()).get("weights")
-    return run_dir / weights if weights and (run_dir / weights).is_file() else None
+    data = json.loads(record.read_text())
+    runs = data.get("runs") or [{}]
+    complete = runs[-1].get("steps_done", 0) >= runs[-1].get("schedule_steps", 1)
+    weights = data.get("weights")
+    return run_dir / weights if complete and weights and (run_dir / weights).is_file() else None

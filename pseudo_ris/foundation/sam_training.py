@@ -8,7 +8,9 @@ Recipe (DESIGN 7, measured on a prototype; the SAM paper's Sec. 3 / App. A train
 - the IoU head regresses the true IoU of each trained output (MSE);
 - mask loss: SAM's focal + dice collapsed to empty masks from a cold start (dice's gradient vanishes once all logits
   are negative), so the first ``balanced_bce_frac`` of the steps use class-balanced BCE (object and background
-  pixels carry half of the weight each) + dice, then plain BCE + dice refines the boundaries from that warm start.
+  pixels carry half of the weight each) + dice, then plain BCE + dice refines the boundaries from that warm start;
+- losses are computed on the decoder's own output grid (4x the embedding grid, 64 x 64 for the 128 px tiny SAM)
+  against area-averaged targets, which is what inference upsamples, and costs a fraction of full resolution.
 """
 
 from __future__ import annotations
