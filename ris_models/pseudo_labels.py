@@ -11,6 +11,7 @@ unchanged one reuses them. Generation itself is resumable, so an interrupted fir
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -63,12 +64,16 @@ def ensure_pseudo_labels(gen_cfg: Mapping[str, Any], *, data_root: str | Path, c
 
     cfg = resolve_generation_config(gen_cfg, data_root=data_root, foundation=foundation)
     out = Path(cache_dir).expanduser() / "pseudo" / pseudo_label_key(cfg)
-    if (out / COMPLETE).is_file():
-        print(f"[pseudo labels] reusing {out}")
-        return out
-    print(f"[pseudo labels] generating into {out} (resumable: rerun the same command to continue)")
-    cfg.update(out_dir=str(out), out_root=str(out), stage="all", progress=progress)
-    summary = run(cfg)
-    print(format_summary(summary))
-    atomic_write_json(out / COMPLETE, {"config": cfg, "summary": summary}, indent=2)
+    out.mkdir(parents=True, exist_ok=True)
+    # one generator at a time per key: DDP ranks (or two shells) started together wait for the first one
+    with open(out.parent / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / COMPLETE).is_file():
+            print(f"[pseudo labels] reusing {out}")
+            return out
+        print(f"[pseudo labels] generating into {out} (resumable: rerun the same command to continue)")
+        cfg.update(out_dir=str(out), out_root=str(out), stage="all", progress=progress)
+        summary = run(cfg)
+        print(format_summary(summary))
+        atomic_write_json(out / COMPLETE, {"config": cfg, "summary": summary}, indent=2, default=str)
     return out

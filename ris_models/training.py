@@ -105,14 +105,18 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, logger: Any = False,
     return trainer, checkpoint
 
 
-def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None) -> dict[str, Any]:
+def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
+          generate_cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Fit on the configured data, then evaluate the best checkpoint on all eval splits (printed and written).
+
+    ``generate_cfg`` (composed ``conf/generate.yaml``) lets ``data=pseudo|mixed`` on SynthRef make its own pseudo
+    labels when ``pseudo_root`` is unset (the out-of-the-box main job).
 
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
     L.seed_everything(int(cfg["seed"]), workers=True)
     output_dir = Path(str(cfg["output_dir"])).expanduser()
-    data = resolve_data(cfg)
+    data = resolve_data(cfg, generate_cfg)
     check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
     model = build_ris_model(cfg["model"])
     dm = build_datamodule(cfg, model, data)

@@ -115,6 +115,8 @@ def test_referential_accuracy_per_variant(store_dir, truth):
     assert v["distinctive"]["expressions"] == 4  # the duplicate "a red circle" is counted once
     assert v["distinctive"]["referential"] == pytest.approx(3 / 4)
     assert v["distinctive"]["referential_matched"] == pytest.approx(1.0)  # only the unmatched mask fails
+    # every stored row counts there, the duplicate included: 4 of 5 distinctive rows are referential
+    assert (v["distinctive"]["candidates"], v["distinctive"]["referential_raw"]) == (5, pytest.approx(4 / 5))
     assert v["plain"]["referential"] == 0.0
     bd = v["beam_distinctive"]
     assert bd["expressions"] == 8 and bd["referential"] == pytest.approx(4 / 8)

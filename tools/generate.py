@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
             params[key] = to_absolute_path(str(params[key]))
     for group in ("sam", "external"):
         for key in ("checkpoint", "detections"):
-            if (params.get(group) or {}).get(key):
+            if (params.get(group) or {}).get(key) not in (None, "", "shipped"):
                 params[group][key] = to_absolute_path(str(params[group][key]))
     try:
         summary = run(params)

@@ -46,8 +46,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent))
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None,
+                      default: Any = None) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=default))
 
 
 def atomic_write_pickle(path: str | os.PathLike, obj: Any) -> Path:

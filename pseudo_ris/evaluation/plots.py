@@ -160,7 +160,7 @@ def _overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 255, 0)) -> np.nd
     return out.clip(0, 255).astype(np.uint8)
 
 
-def gallery_png(entries: Sequence[dict], path: str | Path, *, tile: int = 160, columns: int = 4,
+def gallery_png(entries: Sequence[dict], path: str | Path, *, tile: int = 200, columns: int = 4,
                 text_lines: int = 4) -> Path:
     """Grid of tiles: ``entry = {"image": uint8 [H,W,3], "mask": bool [H,W], "lines": [str, ...]}``, the mask tinted
     red and the lines (e.g. kept captions with a mark) written under it."""

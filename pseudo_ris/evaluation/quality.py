@@ -15,7 +15,8 @@ pool image comes with its true objects and their attributes, so the labels thems
 Expressions are counted as the writer stores them: the *distinct* texts of each mask (the four views often yield
 the same beam caption). ``referential`` is the share over all (mask, text) pairs; ``referential_per_mask`` averages
 each mask's own share, i.e. the chance that the caption drawn for a mask in one training step is referential
-(the trainer samples one of a mask's sentences uniformly, DESIGN 1.5).
+(the trainer samples one of a mask's sentences uniformly, DESIGN 1.5). ``referential_raw`` counts every stored
+candidate row instead, duplicates included: samples that converge on the same (often right) caption weigh more there.
 
 Candidate-store variants (rows of `pseudo_ris.generation.store`): which decoding settings feed the labels and
 whether the DoC filter (`pseudo_ris.generation.writer.filter_candidates`, same code and policy as the generator)
@@ -291,6 +292,7 @@ def store_quality(store_dir: str | Path, truth: GroundTruth, *, variants: Iterab
         if not set(var.groups) <= present:
             continue
         by_mask: dict[tuple[str, int], LabelledMask] = {}
+        raw: list[bool] = []  # every candidate row, duplicates included
         for r in variant_rows(images, candidates, var, pol):
             key = (r["key"], int(r["mask_index"]))
             if key not in matches:
@@ -298,14 +300,16 @@ def store_quality(store_dir: str | Path, truth: GroundTruth, *, variants: Iterab
                                    f"store's image rows ({store_dir})")
             lm = by_mask.setdefault(key, LabelledMask(int(r["image_id"]), matches[key]))
             text = r["text"]
-            if text in lm.texts:
-                continue
             flag_key = (r["key"], key[1], text)
             if flag_key not in cache:
                 cache[flag_key] = is_referential_label(text, lm.match, truths[r["key"]], match_iou)
+            raw.append(cache[flag_key])
+            if text in lm.texts:
+                continue
             lm.texts.append(text)
             lm.referential.append(cache[flag_key])
-        report["variants"][var.name] = {"label": var.label, **summarize_labels(list(by_mask.values()), match_iou)}
+        report["variants"][var.name] = {"label": var.label, **summarize_labels(list(by_mask.values()), match_iou),
+                                        "candidates": len(raw), "referential_raw": _share(raw)}
     return report
 
 
@@ -362,7 +366,8 @@ def _num(v: Any, digits: int = 2) -> str:
 
 
 LABEL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("masks", "masks", _num), ("expressions", "expr.", _num), ("expressions_per_mask", "expr./mask", _num),
+    ("masks", "masks", _num), ("candidates", "candidates", _num), ("referential_raw", "ref. of candidates %", _pct),
+    ("expressions", "expr.", _num), ("expressions_per_mask", "expr./mask", _num),
     ("referential", "referential %", _pct), ("referential_per_mask", "ref. per mask %", _pct),
     ("referential_matched", "ref. if matched %", _pct), ("masks_with_referential", "masks with a ref. expr. %", _pct),
     ("mean_iou", "mean IoU", _num), ("iou>=0.5", "IoU>=0.5 %", _pct), ("iou>=0.75", "IoU>=0.75 %", _pct),
@@ -386,7 +391,9 @@ def format_quality(report: Mapping[str, Any], dataset: Mapping[str, Any] | None 
         rows.append((f"written dataset `{Path(dataset['dataset']).name}`", dataset))
     for label, v in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for key, _, fmt in LABEL_COLUMNS) + " |")
-    lines += ["", f"Expressions = distinct texts per mask. Referential = the grounding oracle picks exactly the GT "
+    lines += ["", "Candidates = every stored caption of the selection, duplicates included (\"ref. of candidates\" "
+                  "counts each); expressions = distinct texts per mask, as the pseudo dataset stores them and the "
+                  f"trainer samples them. Referential = the grounding oracle picks exactly the GT "
                   f"object the mask matches best; masks matching no GT object at IoU >= {report['match_iou']} count "
                   "as non-referential. \"ref. if matched\" ignores those masks (caption quality alone). "
                   f"Filter policy: {report['policy']}."]

@@ -291,14 +291,19 @@ def planned_runs(plan: Plan) -> list[tuple[str, str, str, int]]:
     return runs
 
 
-def execute(plan: Plan, progress: Callable[[str], None] = print) -> list[RunRecord]:
+def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bool = False) -> list[RunRecord]:
     """Run everything the plan needs (finished runs are read from their result.json); errors are recorded, not
-    raised, so one broken configuration does not stop the rest."""
+    raised, so one broken configuration does not stop the rest. ``report_only``: run nothing, collect what is
+    cached (the others are listed as not run)."""
     records = []
     runs = planned_runs(plan)
     for k, (model, row, ds, seed) in enumerate(runs, 1):
         path = run_dir(plan, model, row, ds, seed) / "result.json"
         tag = f"[{k}/{len(runs)}] {row} {model} {ds} seed {seed}"
+        if report_only and not path.is_file():
+            progress(f"{tag}: not run (report_only)")
+            records.append(RunRecord(model, row, ds, seed, None, "not run yet"))
+            continue
         fn = (lambda row=row: run_zero_shot(plan, row)) if ROWS[row].kind == "zero_shot" else \
             (lambda model=model, row=row, ds=ds, seed=seed: run_trained(plan, model, row, ds, seed))
         try:
@@ -500,12 +505,15 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
     done = [r for r in records if r.result is not None]
     failed = [r for r in records if r.result is None]
     steps = sorted({r.result.get("global_step") for r in done if r.result.get("global_step") is not None})
+    run_seconds = sum(float(r.result.get("train_seconds", r.result.get("eval_seconds", 0))) for r in done)
     lines = ["# Reproduction on SynthRef (miniature of arXiv 2407.07412)", "",
              f"Command: `{command}`  ", f"Profile: **{plan.profile}**: seeds {plan.seeds}, models {plan.models}, "
              f"max {plan.max_steps} training steps (batch 16; steps actually run: {steps or '-'}), evaluation limited "
              f"to {plan.limit_eval or 'all'} sentences per split, generation on "
-             f"{plan.gen_max_images or 'all'} pool images; {len(done)} runs finished, {len(failed)} failed; "
-             f"wall time of this invocation {seconds / 60:.1f} min (CPU).", "",
+             f"{plan.gen_max_images or 'all'} pool images; {len(done)} runs finished, {len(failed)} failed or not "
+             "run; "
+             f"time in the finished runs {run_seconds / 60:.0f} min, this invocation {seconds / 60:.1f} min "
+             "(CPU, 2 cores shared with other jobs).", "",
              "Numbers are percentages, mean ± std over seeds (a single number = one seed). SR = `synthref` "
              "(RefCOCO-style), SR+ = `synthref+` (no absolute location words), SRg = `synthrefg` (longer, "
              "RefCOCOg-style), unseen = `synthref` held-out-concept split (targets with a held-out shape or colour). "
@@ -540,7 +548,8 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
               "|---|---|---|---:|---:|---:|---|"]
     for r in records:
         res = r.result or {}
-        status = "ok (cached)" if r.cached else ("ok" if r.result else "FAILED: " + (r.error or "").splitlines()[0])
+        status = "ok (cached)" if r.cached else ("ok" if r.result else (
+            "not run yet" if r.error == "not run yet" else "FAILED: " + (r.error or "").splitlines()[0]))
         lines.append(f"| {r.row} | {r.model} | {r.dataset} | {r.seed} | {res.get('global_step', '-')} | "
                      f"{res.get('train_seconds', res.get('eval_seconds', '-'))} | {status} |")
     atomic_write_text(page, "\n".join(lines) + "\n")
@@ -561,7 +570,7 @@ def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py"
                  else synthref_root(cfg["cache_dir"], cfg.get("synthref")))
     plan = Plan.from_cfg(cfg, data_root)
     progress(f"reproduction profile={plan.profile}: {len(planned_runs(plan))} runs, output {plan.out_dir}")
-    records = execute(plan, progress)
+    records = execute(plan, progress, report_only=bool(cfg.get("report_only", False)))
     page = write_results_page(plan, records, command, time.perf_counter() - start)
     progress(f"wrote {page}")
     return page
