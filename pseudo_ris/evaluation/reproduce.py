@@ -238,7 +238,7 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
             datasets[other] = _evaluate_other(plan, ckpt, other, cfg["trainer"], Path(ckpt).parent)
     return {"datasets": datasets, "global_step": int(result["global_step"]),
             "train_seconds": round(float(result["train_seconds"]), 1), "checkpoint": str(ckpt),
-            "metrics_csv": str(out / "csv" / "metrics.csv"), "data_root": str(plan.data_root)}
+            "metrics_csv": [str(p) for p in metrics_files(out)], "data_root": str(plan.data_root)}
 
 
 def run_zero_shot(plan: Plan, row_name: str) -> dict:
@@ -383,6 +383,25 @@ def claims_section(records: Sequence[RunRecord], model: str, metric: str = "mIoU
 
 
 # -------------------------------------------------------------------------------------------------- plots
+FIGURE_CAPTIONS = {
+    "doc_hist": "DoC (log10, with the generator's score transform) of the SAM-mask store's beam and distinctive "
+                "candidates, kept vs rejected by the filter (keep DoC > 1, i.e. > 0 on this axis; kept candidates "
+                "below 0 are the fallback pick of masks none of whose candidates passed).",
+    "doc_by_referential": "the same DoC values split by the grounding oracle: does DoC separate captions that "
+                          "single out their object from those that do not?",
+    "gallery": "pseudo labels of the first pool images (SAM masks outlined): the beam-search caption, kept (+) and "
+               "rejected (-) candidates.",
+    "loss": "training loss (moving average) of the first seed of every trained row.",
+    "val": "synthref val oIoU during training (first seed; checkpoints are selected on it).",
+}
+
+
+def metrics_files(run: Path) -> list[Path]:
+    """The CSV logger's metrics.csv files of a run (``csv/metrics.csv`` or ``csv/version_N/metrics.csv``), oldest
+    first."""
+    return sorted((run / "csv").rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+
+
 def make_plots(plan: Plan, records: Sequence[RunRecord], fig_dir: Path) -> dict[str, Path]:
     """DoC histogram and gallery of the SAM store, learning curves of the trained runs (seed = first)."""
     from pseudo_ris.evaluation.plots import line_chart_png, read_metrics_csv, smooth
@@ -399,10 +418,14 @@ def make_plots(plan: Plan, records: Sequence[RunRecord], fig_dir: Path) -> dict[
         for rec in records:
             if rec.model != model or rec.result is None or rec.seed != plan.seeds[0] or rec.dataset != "synthref":
                 continue
-            path = Path(rec.result.get("metrics_csv", ""))
-            if not path.is_file():
+            files = metrics_files(run_dir(plan, rec.model, rec.row, rec.dataset, rec.seed))
+            if not files:
                 continue
-            cols = read_metrics_csv(path)
+            cols: dict[str, tuple[list[float], list[float]]] = {}
+            for path in files:  # a resumed run logs into a new version directory: join them
+                for key, (xs, ys) in read_metrics_csv(path).items():
+                    cols.setdefault(key, ([], []))[0].extend(xs)
+                    cols[key][1].extend(ys)
             if "train/loss" in cols:
                 xs, ys = cols["train/loss"]
                 loss[rec.row] = (xs, smooth(ys, 5))
@@ -525,9 +548,10 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
         lines += [f"> **Warning**: cached runs used other SynthRef builds ({roots}); their numbers are not "
                   "comparable. Delete their run directories and rerun.", ""]
     if plan.profile != "full":
-        lines += [f"> **Caveat**: quick profile: one seed, {plan.max_steps} steps, truncated evaluation. These are "
-                  "smoke-test numbers of the pipeline, not converged results; differences of a few points are "
-                  "within noise.", ""]
+        lines += [f"> **Caveat**: quick profile: seeds {plan.seeds} (a cell without ± is one seed), "
+                  f"{plan.max_steps} steps, evaluation on the first {plan.limit_eval or 'all'} sentences of each "
+                  "split. These are small-budget numbers of the pipeline, not converged results (the learning "
+                  "curves below are still rising); differences of a few points are within noise.", ""]
     for model in plan.models:
         for metric in ("mIoU", "oIoU"):
             lines += [f"## {model}: {metric}", "", results_table(records, model, metric, plan.rows), ""]
@@ -539,7 +563,8 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
         lines += ["## Figures", ""]
         for key, path in figs.items():
             rel = path.relative_to(page.parent) if path.is_relative_to(page.parent) else path
-            lines.append(f"![{key}]({rel})  ")
+            caption = FIGURE_CAPTIONS.get(key.split("_cris")[0].split("_lavt")[0], "")
+            lines += [f"**{key}**: {caption}  ", f"![{key}]({rel})", ""]
         lines.append("")
     report = plan.out_dir / "generate" / "sam" / "report.html"
     if report.is_file():
