@@ -13,7 +13,7 @@ directory's config.json and vocab.txt, which define the architecture and the tok
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -44,6 +44,18 @@ class RISModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.config: dict[str, Any] = {}
+
+    def _set_io(self, *, input_size: int, image_mean: Sequence[float], image_std: Sequence[float],
+                threshold: float, backbone_lr_mult: float, stride_reason: str) -> None:
+        """Input size, normalisation, threshold and backbone LR factor: the attributes every architecture shares."""
+        self.input_size = int(input_size)
+        self.image_mean = tuple(float(v) for v in image_mean)  # type: ignore[assignment]
+        self.image_std = tuple(float(v) for v in image_std)  # type: ignore[assignment]
+        self.default_threshold = float(threshold)
+        self.backbone_lr_mult = float(backbone_lr_mult)
+        if self.input_size % 32:
+            raise ModelConfigError(f"{self.model_type.upper()} input_size must be a multiple of 32 ({stride_reason}), "
+                                   f"got {input_size}")
 
     # ---- text -------------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -59,3 +59,17 @@ def mask_to_bbox(mask: np.ndarray) -> list[float]:
 
 def mask_area(mask: np.ndarray) -> int:
     return int(np.count_nonzero(mask))
+
+
+def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boolean masks ``a [N,H,W]`` and ``b [M,H,W]`` -> float64 ``[N, M]``.
+
+    Computed on RLE (pycocotools), which stays cheap for large images where a dense ``N x H*W`` product would not.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+
+    def rles(stack: np.ndarray) -> list:
+        return mask_utils.encode(np.asfortranarray(np.moveaxis(np.asarray(stack).astype(np.uint8), 0, -1)))
+
+    return np.asarray(mask_utils.iou(rles(a), rles(b), [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))

@@ -112,6 +112,7 @@ class Plan:
     generate_overrides: list[str]
     cache_dir: str
     gallery_images: int = 8
+    notes_md: Path | None = None
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], data_root: Path) -> "Plan":
@@ -132,7 +133,8 @@ class Plan:
                    out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
                    data_root=data_root, train_overrides=list(cfg.get("train_overrides") or []),
                    generate_overrides=list(cfg.get("generate_overrides") or []), cache_dir=str(cfg["cache_dir"]),
-                   gallery_images=int(cfg.get("gallery_images", 8)))
+                   gallery_images=int(cfg.get("gallery_images", 8)),
+                   notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None)
 
 
 def _q(key: str, value: Any) -> str:
@@ -558,6 +560,8 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
         lines += [f"### {model}: the paper's claims", "", claims_section(records, model, "mIoU"), "",
                   "Means over the splits both rows were evaluated on (\"seen\" = all but unseen). A gap smaller "
                   "than the seed std above is not evidence either way.", ""]
+    if plan.notes_md is not None and plan.notes_md.is_file():  # hand-written reading of the numbers, kept on reruns
+        lines += [plan.notes_md.read_text().rstrip(), ""]
     lines += ["## Pseudo-label quality against SynthRef ground truth", "", quality_section(plan), ""]
     if figs:
         lines += ["## Figures", ""]

@@ -17,17 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.io import atomic_write_json
+from ..data.masks import mask_iou_matrix
 from .data import scene_at, scene_rng
-
-
-def _iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    if len(pred) == 0 or len(gt) == 0:
-        return np.zeros((len(pred), len(gt)))
-    p = pred.reshape(len(pred), -1).astype(np.float32)
-    g = gt.reshape(len(gt), -1).astype(np.float32)
-    inter = p @ g.T
-    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
-    return inter / np.maximum(union, 1)
 
 
 def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int = 100, seed: int = 0,
@@ -78,7 +69,7 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
                 objs = [ObjectMask(mask=r["segmentation"], score=float(r["predicted_iou"])) for r in kept]
                 masks = [o.mask for o in select_objects(objs, scene.image.shape, selection)]
             pred = np.stack(masks) if masks else np.zeros((0,) + gt.shape[1:], bool)
-            iou = _iou_matrix(pred, gt)
+            iou = mask_iou_matrix(pred, gt)
             best_gt = iou.max(0) if len(pred) else np.zeros(len(gt))
             s = stats[(kind, pair)]
             s["matched50"] += int((best_gt >= 0.5).sum())
@@ -94,7 +85,7 @@ def evaluate_sam(checkpoint: str | Path, *, arch: str = "tiny", num_images: int 
             k = int(rng.integers(len(xs)))
             out, _, _ = predictor.predict(point_coords=np.array([[xs[k] + 0.5, ys[k] + 0.5]]),
                                           point_labels=np.array([1]), multimask_output=True)
-            prompted.append(float(_iou_matrix(out, obj.mask[None]).max()))
+            prompted.append(float(mask_iou_matrix(out, obj.mask[None]).max()))
 
     def row(key: tuple) -> dict[str, float]:
         s = stats[key]

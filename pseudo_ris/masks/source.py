@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 
 from pseudo_ris.data.errors import PseudoRISError
-from pseudo_ris.data.masks import decode_segmentation, mask_to_bbox, mask_to_rle
+from pseudo_ris.data.masks import decode_segmentation, mask_iou_matrix, mask_to_bbox, mask_to_rle
 
 
 class MaskSourceError(PseudoRISError):
@@ -55,19 +55,6 @@ class SelectionConfig:
     max_area_frac: float = 0.95
     nms_iou: float = 0.7  # mask IoU above which the lower-scored mask is a duplicate
     max_masks: int | None = None
-
-
-def mask_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boolean masks ``a [N,H,W]`` and ``b [M,H,W]`` -> ``[N, M]`` (on RLE: cheap for big images)."""
-    from pycocotools import mask as mask_utils
-
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-
-    def rles(stack: np.ndarray) -> list:
-        return mask_utils.encode(np.asfortranarray(np.moveaxis(stack.astype(np.uint8), 0, -1)))
-
-    return np.asarray(mask_utils.iou(rles(a), rles(b), [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))
 
 
 def select_objects(masks: list[ObjectMask], image_shape: tuple[int, int], cfg: SelectionConfig) -> list[ObjectMask]:

@@ -47,13 +47,8 @@ class CRISModel(RISModel):
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
-        self.input_size = int(input_size)
-        self.image_mean = tuple(float(v) for v in image_mean)  # type: ignore[assignment]
-        self.image_std = tuple(float(v) for v in image_std)  # type: ignore[assignment]
-        self.default_threshold = float(threshold)
-        self.backbone_lr_mult = float(backbone_lr_mult)
-        if self.input_size % 32:
-            raise ModelConfigError(f"CRIS input_size must be a multiple of 32 (ResNet stride), got {input_size}")
+        self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
+                     backbone_lr_mult=backbone_lr_mult, stride_reason="ResNet stride")
 
         clip = create_clip(clip_arch, pretrained if load_pretrained else None, clip_overrides)
         self.image_encoder = ClipImageEncoder(clip.visual)

@@ -50,13 +50,8 @@ class LAVTModel(RISModel):
         load_pretrained: bool = True,
     ) -> None:
         super().__init__()
-        self.input_size = int(input_size)
-        self.image_mean = tuple(float(v) for v in image_mean)  # type: ignore[assignment]
-        self.image_std = tuple(float(v) for v in image_std)  # type: ignore[assignment]
-        self.default_threshold = float(threshold)
-        self.backbone_lr_mult = float(backbone_lr_mult)
-        if self.input_size % 32:
-            raise ModelConfigError(f"LAVT input_size must be a multiple of 32 (patch 4 x 3 merges), got {input_size}")
+        self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
+                     backbone_lr_mult=backbone_lr_mult, stride_reason="patch 4 x 3 merges")
 
         if bert_path is not None:
             check_bert_path(bert_path)
