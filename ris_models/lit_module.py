@@ -229,12 +229,10 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrid
         raise CheckpointError(f"checkpoint {path} holds model {info.get('name')!r} ({info.get('model_type')}), "
                               f"not {expect_model!r}")
     config = dict(info["config"])
-    for key in _WEIGHT_SOURCE_KEYS:  # the weights come from the checkpoint, not from a download
-        if key in config:
-            config[key] = None
     if info.get("vocab_text") and config.get("vocab_file"):
         config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
-    model = build_model(**config)
+    # the weights come from the checkpoint: build the architecture (and tokenizer) without reading encoder weights
+    model = build_model(**config, load_pretrained=False)
     model.config["vocab_file"] = info["config"].get("vocab_file", config.get("vocab_file"))
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams.update(overrides)
