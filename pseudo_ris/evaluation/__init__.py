@@ -4,9 +4,9 @@
 """
 
 from pseudo_ris.evaluation.quality import (MATCH_IOU, VARIANTS, GroundTruth, QualityError, Variant, dataset_quality,
-                                           format_quality, is_referential_label, match_image, mask_ious,
+                                           format_quality, is_referential_label, match_image,
                                            setting_group, store_quality, variant_rows, write_quality)
 
 __all__ = ["MATCH_IOU", "VARIANTS", "GroundTruth", "QualityError", "Variant", "dataset_quality", "format_quality",
-           "is_referential_label", "match_image", "mask_ious", "setting_group", "store_quality", "variant_rows",
+           "is_referential_label", "match_image", "setting_group", "store_quality", "variant_rows",
            "write_quality"]

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from pseudo_ris.data.errors import PseudoRISError
-from pseudo_ris.data.masks import decode_segmentation, rle_to_mask
+from pseudo_ris.data.masks import decode_segmentation, mask_iou_matrix, rle_to_mask
 
 MATCH_IOU = 0.5
 IOU_LEVELS = (0.5, 0.75)
@@ -124,17 +124,6 @@ class GroundTruth:
         return self._cache[image_id]
 
 
-def mask_ious(masks: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """``[N, K]`` IoU of boolean masks ``[N, H, W]`` against ``[K, H, W]`` (0 where a union is empty)."""
-    if len(masks) == 0 or len(gt) == 0:
-        return np.zeros((len(masks), len(gt)))
-    a = masks.reshape(len(masks), -1).astype(np.float64)
-    b = gt.reshape(len(gt), -1).astype(np.float64)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-
-
 @dataclass
 class MaskMatch:
     """A pseudo mask's best GT object (``gt_index`` None when the image has no GT object) and its IoU."""
@@ -145,7 +134,7 @@ class MaskMatch:
 
 def match_image(masks: np.ndarray, truth: SceneTruth) -> tuple[list[MaskMatch], np.ndarray]:
     """Best GT match per mask, and the ``[N, K]`` IoU matrix (for recall)."""
-    ious = mask_ious(masks, truth.masks)
+    ious = mask_iou_matrix(masks, truth.masks)
     if ious.shape[1] == 0:
         return [MaskMatch(None, 0.0) for _ in range(len(masks))], ious
     best = ious.argmax(1)
