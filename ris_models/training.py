@@ -114,9 +114,11 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
 
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
-    L.seed_everything(int(cfg["seed"]), workers=True)
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     data = resolve_data(cfg, generate_cfg)
+    # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
+    # change the model's initialisation or the data order
+    L.seed_everything(int(cfg["seed"]), workers=True)
     check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
     model = build_ris_model(cfg["model"])
     dm = build_datamodule(cfg, model, data)
