@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.plain import to_plain
 
 SYNTHREF_DATASETS = ("synthref", "synthref+", "synthrefg")
 
@@ -30,16 +31,7 @@ class ResolvedData:
 
 
 def _plain(node: Any) -> dict:
-    if node is None:
-        return {}
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(node):
-            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(node)
+    return dict(to_plain(node)) if node is not None else {}
 
 
 def synthref_root(cache_dir: str | Path, synthref_cfg: Mapping[str, Any] | None = None, progress: bool = True) -> Path:

@@ -35,6 +35,7 @@ import numpy as np
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json, atomic_write_text
+from pseudo_ris.data.plain import to_plain as _plain
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -73,12 +74,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 
 # ------------------------------------------------------------------------------------------------- configs
-def _plain(cfg: Any) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
 def compose(config_name: str, overrides: Sequence[str]) -> dict:
     """A config of ``conf/`` composed with Hydra's compose API (outside any running Hydra app)."""
     from hydra import compose as hydra_compose

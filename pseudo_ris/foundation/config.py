@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
 from ..data.errors import PseudoRISError
+from ..data.plain import to_plain as _plain
 
 
 class FoundationConfigError(PseudoRISError):
@@ -101,17 +102,6 @@ def make_config(cls: type[C], cfg: Any = None, **overrides: Any) -> C:
     if unknown:
         raise FoundationConfigError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
     return cls(**values)
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dict/list so configs hash and pickle the same way."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
 
 
 def config_dict(cfg: Any) -> dict:

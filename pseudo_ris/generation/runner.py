@@ -25,6 +25,7 @@ from pseudo_ris.generation.sources import ImageSource, folder_source, refer_sour
 from pseudo_ris.generation.store import CandidateStore, load_all
 from pseudo_ris.generation.writer import filter_store
 from pseudo_ris.masks.source import SelectionConfig, build_mask_source
+from pseudo_ris.data.plain import to_plain as _plain
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,6 @@ SYNTHREF_NAMES = ("synthref", "synthref+", "synthrefg", "synthref_pool")
 
 class GenerateConfigError(PseudoRISError):
     """An invalid generation option."""
-
-
-def _plain(cfg: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
 
 
 def synthref_data_root(cfg: Mapping[str, Any]) -> Path:
