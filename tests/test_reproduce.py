@@ -125,7 +125,8 @@ def test_reproduce_end_to_end_tiny(tmp_path):
                               "sam.stability_score_thresh=0", "decoding.max_len=6", "decoding.min_len=3",
                               "decoding.settings=[{kind: beam, value: 2}, {kind: topk, value: 3, distinctive: true}]",
                               "progress=false"]
-    cfg.profiles.quick.update(dict(max_steps=2, val_every=1, limit_eval=4, gen_max_images=3,
+    cfg.profiles.quick.update(dict(max_steps=2, val_every=1, limit_eval=4, gen_max_images=3, seeds=[0],
+                                   models=["cris_tiny"], datasets=["synthref"],
                                    rows=["zero_shot_gt", "human_10", "full_gt"]))
     page = reproduce(cfg, progress=lambda s: None)
     text = page.read_text()
@@ -151,3 +152,64 @@ def test_claims_compare_means_over_shared_columns():
     assert lines["full method > zero-shot baseline"].endswith("| 30.0 | 10.0 | +20.0 | yes |")
     assert lines["pseudo labels beat human supervision on unseen concepts"].endswith("| 20.0 | 10.0 | +10.0 | yes |")
     assert lines["10 % human + pseudo > 10 % human alone"].endswith("not measured |")
+
+
+def test_planned_runs_order_finishes_whole_seeds_of_the_first_dataset_first(tmp_path):
+    runs = planned_runs(_plan(tmp_path))
+    assert runs[0] == ("-", "zero_shot", "all", 0)
+    trained = runs[1:]
+    first_other = next(i for i, r in enumerate(trained) if r[2] != "synthref")
+    assert all(r[2] == "synthref" for r in trained[:first_other])
+    assert all(r[2] == "synthrefg" for r in trained[first_other:])
+    seeds_first = [r[3] for r in trained[:first_other]]
+    assert seeds_first == sorted(seeds_first)  # seed 0 complete (both models, all rows) before seed 1
+
+
+def test_run_lock_is_exclusive_across_processes(tmp_path):
+    import multiprocessing as mp
+
+    from pseudo_ris.evaluation.reproduce import run_lock
+
+    def probe(path, queue):
+        with run_lock(path) as mine:
+            queue.put(mine)
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    with run_lock(tmp_path / "run") as mine:
+        assert mine
+        proc = ctx.Process(target=probe, args=(tmp_path / "run", queue))
+        proc.start()
+        proc.join(30)
+        assert queue.get(timeout=5) is False  # held here: the other process must skip the run
+    proc = ctx.Process(target=probe, args=(tmp_path / "run", queue))
+    proc.start()
+    proc.join(30)
+    assert queue.get(timeout=5) is True  # released
+
+
+def test_cached_runs_are_completed_on_datasets_added_later(tmp_path, monkeypatch):
+    import pseudo_ris.evaluation.reproduce as rep
+
+    plan = _plan(tmp_path, datasets=["synthref", "synthrefg"])
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"x")
+    path = tmp_path / "runs" / "result.json"
+    path.parent.mkdir(parents=True)
+    result = {"datasets": {"synthref": {"val": {"mIoU": 0.5}}}, "checkpoint": str(ckpt)}
+    assert rep.missing_datasets(plan, "full", result) == ["synthrefg"]
+    assert rep.missing_datasets(plan, "human_100", result) == []  # trained per dataset: nothing to complete
+    calls = []
+    monkeypatch.setattr(rep, "train_config", lambda *a, **k: {"trainer": {"accelerator": "cpu"}})
+    monkeypatch.setattr(rep, "_evaluate_other",
+                        lambda plan, c, name, trainer, out: calls.append((c, name)) or {"val": {"mIoU": 0.25}})
+    done = rep.complete_datasets(plan, "cris_tiny", "full", "synthref", 0, result, path)
+    assert calls == [(str(ckpt), "synthrefg")]
+    assert done["datasets"]["synthrefg"] == {"val": {"mIoU": 0.25}}
+    assert json.loads(path.read_text())["datasets"]["synthrefg"] == {"val": {"mIoU": 0.25}}
+    rep.complete_datasets(plan, "cris_tiny", "full", "synthref", 0, done, path)
+    assert len(calls) == 1  # complete now: nothing evaluated again
+    ckpt.unlink()
+    with pytest.raises(RuntimeError, match="checkpoint"):
+        rep.complete_datasets(plan, "cris_tiny", "full", "synthref", 0, {"datasets": {}, "checkpoint": str(ckpt)},
+                              path)

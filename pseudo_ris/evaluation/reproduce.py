@@ -22,6 +22,8 @@ Configs of the generator and the trainer are composed from ``conf/`` with the ov
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -29,7 +31,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -262,6 +264,41 @@ def _cached(path: Path, fn: Callable[[], dict]) -> tuple[dict, bool]:
     return result, False
 
 
+def missing_datasets(plan: Plan, row_name: str, result: Mapping[str, Any]) -> list[str]:
+    """Datasets of the plan a cached model-level run (pseudo / zero-shot) was not evaluated on yet."""
+    if ROWS[row_name].kind not in ("pseudo", "zero_shot"):
+        return []
+    return [d for d in plan.datasets if d not in result.get("datasets", {})]
+
+
+def complete_datasets(plan: Plan, model: str, row_name: str, dataset: str, seed: int, result: dict,
+                      path: Path) -> dict:
+    """Evaluate a cached pseudo / zero-shot run on datasets added to the plan after it finished (no retraining),
+    and rewrite its result.json; so widening ``datasets`` reuses every finished training."""
+    missing = missing_datasets(plan, row_name, result)
+    if not missing:
+        return result
+    row = ROWS[row_name]
+    if row.kind == "zero_shot":
+        from pseudo_ris.data.refer import ReferDataset
+        from ris_models.zero_shot import build_zero_shot, evaluate_zero_shot
+
+        gen_cfg = generate_config(plan, row.store)
+        for name in missing:
+            ds = ReferDataset(plan.data_root, name)
+            result["datasets"][name] = evaluate_zero_shot(build_zero_shot(gen_cfg, dataset=ds), ds,
+                                                          limit=plan.limit_eval)
+    else:
+        ckpt = result["checkpoint"]
+        if not Path(ckpt).is_file():
+            raise RuntimeError(f"{path}: checkpoint {ckpt} is gone; delete the run directory to retrain it")
+        cfg = train_config(plan, model, row, dataset, seed, path.parent, None)
+        for name in missing:
+            result["datasets"][name] = _evaluate_other(plan, ckpt, name, cfg["trainer"], Path(ckpt).parent)
+    atomic_write_json(path, result, indent=2)
+    return result
+
+
 @dataclass
 class RunRecord:
     model: str
@@ -274,18 +311,36 @@ class RunRecord:
 
 
 def planned_runs(plan: Plan) -> list[tuple[str, str, str, int]]:
-    """(model, row, training dataset, seed) in execution order; zero-shot rows are model- and seed-free."""
-    runs = []
-    for row in plan.rows:
-        spec = ROWS[row]
-        if spec.kind == "zero_shot":
-            runs.append(("-", row, "all", 0))
-            continue
-        for model in plan.models:
-            for seed in plan.seeds:
-                for ds in ([plan.datasets[0]] if spec.kind == "pseudo" else plan.datasets):
-                    runs.append((model, row, ds, seed))
+    """(model, row, training dataset, seed) in execution order; zero-shot rows are model- and seed-free.
+
+    Order: zero-shot rows, then training dataset (pseudo rows train on the first only), seed, model, row; so a
+    partial run (time out, Ctrl-C) leaves whole seeds of the first dataset rather than all seeds of a few rows."""
+    runs = [("-", row, "all", 0) for row in plan.rows if ROWS[row].kind == "zero_shot"]
+    for ds in plan.datasets:
+        for seed in plan.seeds:
+            for model in plan.models:
+                for row in plan.rows:
+                    kind = ROWS[row].kind
+                    if kind in ("human", "mixed") or (kind == "pseudo" and ds == plan.datasets[0]):
+                        runs.append((model, row, ds, seed))
     return runs
+
+
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[bool]:
+    """Non-blocking exclusive lock on a run directory: yields False when another process holds it, so several
+    ``tools/reproduce.py`` processes can share one plan (each takes the runs nobody else is doing)."""
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bool = False) -> list[RunRecord]:
@@ -305,7 +360,17 @@ def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bo
             (lambda model=model, row=row, ds=ds, seed=seed: run_trained(plan, model, row, ds, seed))
         try:
             start = time.perf_counter()
-            result, cached = _cached(path, fn)
+            if report_only:
+                result, cached = _cached(path, fn)
+            else:
+                with run_lock(path.parent) as mine:
+                    if not mine:
+                        progress(f"{tag}: running in another process, skipped")
+                        records.append(RunRecord(model, row, ds, seed, None, "running in another process"))
+                        continue
+                    result, cached = _cached(path, fn)
+                    if cached:
+                        result = complete_datasets(plan, model, row, ds, seed, result, path)
             progress(f"{tag}: {'cached' if cached else f'done in {time.perf_counter() - start:.0f} s'}")
             records.append(RunRecord(model, row, ds, seed, result, cached=cached))
         except Exception as exc:  # noqa: BLE001 - recorded on the page; the other runs go on
