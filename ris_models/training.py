@@ -23,6 +23,7 @@ from ris_models.evaluation import dataset_label, evaluate_splits
 from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
 from ris_models.registry import RISModel, build_model
+from ris_models.run_state import resume_checkpoint
 
 LOGGERS = ("none", "csv", "wandb")
 
@@ -115,6 +116,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
     output_dir = Path(str(cfg["output_dir"])).expanduser()
+    ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
     data = resolve_data(cfg, generate_cfg)
     # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
     # change the model's initialisation or the data order
@@ -134,8 +136,10 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
                                         extra_callbacks=extra_callbacks)
     if trainer.is_global_zero:
         print(f"training data: {dm.describe()}; validation: {dm.val_splits}; output: {output_dir}")
+        if ckpt_path:
+            print(f"resuming from {ckpt_path} (a finished run only re-evaluates; resume=never starts afresh)")
     start = time.perf_counter()
-    trainer.fit(lit, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     out = {"output_dir": output_dir, "global_step": trainer.global_step, "train_seconds": seconds,
            "best_ckpt": (checkpoint.best_model_path or None) if checkpoint else None,  # None: never validated

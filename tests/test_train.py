@@ -105,6 +105,27 @@ def test_resume_after_interruption_gives_same_step_count(tiny_ris_data, tmp_path
     assert sched["last_epoch"] == 15 and max(sched["_last_lr"]) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_rerunning_the_same_command_resumes_and_reevaluates(tiny_ris_data, tmp_path):
+    from ris_models.run_state import RunConfigMismatch
+
+    args = ("epochs=2", "limit_eval=4", "num_overlays=0")
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_train_cfg(tiny_ris_data, run, *args), extra_callbacks=[_StopAt(7)])  # killed in epoch 2
+    resumed = train(_train_cfg(tiny_ris_data, run, *args))  # same command, no ckpt_path: continues
+    assert resumed["global_step"] == 10 and resumed["results"]
+    again = train(_train_cfg(tiny_ris_data, run, *args))  # finished: nothing trained, same numbers
+    assert again["global_step"] == 10
+    assert again["results"]["val"]["oIoU"] == pytest.approx(resumed["results"]["val"]["oIoU"])
+    longer = train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0"))
+    assert longer["global_step"] == 15  # more epochs continue the same experiment
+    with pytest.raises(RunConfigMismatch, match=r"lr: 0.0005 -> 0.001"):
+        train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3"))  # another experiment in the same directory
+    fresh = train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3", "resume=never"))
+    assert fresh["global_step"] == 10
+    assert json.loads((run / "run_config.json").read_text())["lr"] == pytest.approx(1e-3)
+
+
 def test_configs_compose_and_reject_unknown_keys(tiny_ris_data, tmp_path):
     for group, options in {"model": ["cris_tiny", "lavt_tiny", "cris_r50", "cris_r101", "lavt_swin_b"],
                            "dataset": ["synthref", "synthref+", "synthrefg", "refcoco", "refcoco+", "refcocog",
