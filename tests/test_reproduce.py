@@ -149,9 +149,32 @@ def test_claims_compare_means_over_shared_columns():
                RunRecord("m", "full", "synthref", 0, res(0.30, 0.20)),
                RunRecord("m", "human_100", "synthref", 0, res(0.60, 0.10))]
     lines = {line.split(" | ")[0][2:]: line for line in claims_section(records, "m").splitlines()[2:]}
-    assert lines["full method > zero-shot baseline"].endswith("| 30.0 | 10.0 | +20.0 | yes |")
-    assert lines["pseudo labels beat human supervision on unseen concepts"].endswith("| 20.0 | 10.0 | +10.0 | yes |")
+    assert lines["full method > zero-shot baseline"].endswith("| 30.0 | 10.0 | +20.0 | - | 1 / 1 | yes (1 seed, untested) |")
+    assert lines["pseudo labels beat human supervision on unseen concepts"].endswith(
+        "| 20.0 | 10.0 | +10.0 | - | 1 / 1 | yes (1 seed, untested) |")
     assert lines["10 % human + pseudo > 10 % human alone"].endswith("not measured |")
+
+    # three seeds each: per-seed means over the shared columns, then a 2-SE verdict
+    records = [RunRecord("-", "zero_shot", "all", 0, res(0.10, 0.05))]
+    for seed, (full, human) in enumerate([(0.30, 0.29), (0.32, 0.31), (0.34, 0.36)]):
+        records += [RunRecord("m", "full", "synthref", seed, res(full, 0.2 + seed / 100)),
+                    RunRecord("m", "human_100", "synthref", seed, res(human, 0.1))]
+    lines = {line.split(" | ")[0][2:]: line for line in claims_section(records, "m").splitlines()[2:]}
+    assert lines["full method > zero-shot baseline"].endswith("| 32.0 | 10.0 | +22.0 | 2.3 | 3 / 1 | yes |")
+    assert lines["pseudo labels beat human supervision on unseen concepts"].endswith("| 3 / 3 | yes |")  # std 0 vs 0.01
+
+
+def test_claim_verdict_uses_two_standard_errors():
+    from pseudo_ris.evaluation.reproduce import claim_verdict
+
+    delta, two_se, verdict = claim_verdict([0.30, 0.32, 0.34], [0.29, 0.31, 0.36])
+    assert delta == pytest.approx(0.0) and verdict == "within noise"
+    assert two_se == pytest.approx(2 * np.sqrt(np.var([0.30, 0.32, 0.34], ddof=1) / 3
+                                               + np.var([0.29, 0.31, 0.36], ddof=1) / 3))
+    assert claim_verdict([0.5, 0.52], [0.1, 0.12])[2] == "yes"
+    assert claim_verdict([0.1, 0.12], [0.5, 0.52])[2] == "no"
+    assert claim_verdict([0.5], [0.1, 0.2])[2] == "yes (1 seed, untested)"
+    assert claim_verdict([0.3, 0.31, 0.29], [0.1], deterministic_worse=True)[2] == "yes"  # zero-shot: exact
 
 
 def test_planned_runs_order_finishes_whole_seeds_of_the_first_dataset_first(tmp_path):
