@@ -462,18 +462,18 @@ def claim_verdict(better: Sequence[float], worse: Sequence[float], deterministic
 
 
 def claims_section(records: Sequence[RunRecord], model: str, metric: str = "mIoU") -> str:
-    """One line per claim: per seed, the mean of ``metric`` over the columns both rows have (seen = every split but
-    unseen); then the mean over seeds of each row, their difference, and a 2-standard-error verdict."""
+    """One line per claim: per seed, the mean of ``metric`` over the columns that every seed of both rows has (seen =
+    every split but unseen); then the mean over seeds of each row, their difference, and a 2-standard-error verdict."""
     seeds = per_seed(records, model, metric)
     lines = [f"| claim ({model}, {metric}) | better row | worse row | Δ (points) | 2 SE | seeds | holds? |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for text, good, bad, which in CLAIMS:
         a, b = seeds.get(good, {}), seeds.get(bad, {})
-        cols = lambda row: set().union(*row.values()) if row else set()  # noqa: E731
-        keys = sorted(k for k in cols(a) & cols(b) if (k[1] == "unseen") == (which == "unseen"))
-        score = lambda row: [float(np.mean([cells[k] for k in keys])) for _, cells in sorted(row.items())  # noqa: E731
-                             if all(k in cells for k in keys)]
-        sa, sb = (score(a), score(b)) if keys else ([], [])
+        # columns every seed of both rows has (a partly finished plan compares on what all seeds share)
+        shared = set.intersection(*(set(cells) for cells in [*a.values(), *b.values()])) if a and b else set()
+        keys = sorted(k for k in shared if (k[1] == "unseen") == (which == "unseen"))
+        sa = [float(np.mean([cells[k] for k in keys])) for _, cells in sorted(a.items())] if keys else []
+        sb = [float(np.mean([cells[k] for k in keys])) for _, cells in sorted(b.items())] if keys else []
         if not sa or not sb:
             lines.append(f"| {text} | - | - | - | - | - | not measured |")
             continue
