@@ -422,6 +422,7 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("full method > zero-shot baseline", "full", "zero_shot", "seen"),
     ("distinctive sampling helps (unfiltered, vs beam search only)", "distinctive", "beam", "seen"),
     ("DoC filtering helps (vs unfiltered distinctive + beam)", "full", "distinctive", "seen"),
+    ("both together help (full method vs beam search only)", "full", "beam", "seen"),
     ("10 % human + pseudo > 10 % human alone", "mixed_10", "human_10", "seen"),
     ("pseudo labels beat human supervision on unseen concepts", "full", "human_100", "unseen"),
 )
