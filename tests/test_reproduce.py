@@ -241,3 +241,15 @@ def test_cached_runs_are_completed_on_datasets_added_later(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="checkpoint"):
         rep.complete_datasets(plan, "cris_tiny", "full", "synthref", 0, {"datasets": {}, "checkpoint": str(ckpt)},
                               path)
+
+
+def test_train_and_generate_configs_follow_the_plan_devices(tmp_path):
+    from pseudo_ris.evaluation.reproduce import generate_config, train_config
+
+    plan = _plan(tmp_path, trainer="gpu", device="cuda")
+    cfg = train_config(plan, "lavt_tiny", ROWS["human_10"], "synthref", 1, tmp_path / "run", None)
+    assert cfg["trainer"]["accelerator"] == "gpu" and cfg["max_steps"] == 2 and cfg["seed"] == 1
+    assert cfg["ratio"] == 0.1 and cfg["model"]["name"] == "lavt_tiny"
+    assert generate_config(plan, "gt")["device"] == "cuda"
+    assert train_config(_plan(tmp_path), "cris_tiny", ROWS["full"], "synthref", 0, tmp_path / "r2",
+                        tmp_path / "p")["trainer"]["accelerator"] == "cpu"

@@ -1,7 +1,8 @@
 """Reproduce the paper's claims in miniature on SynthRef and write docs/results.md (thin entry point).
 
-    python tools/reproduce.py                     # profile=quick (1 seed, few steps)
-    python tools/reproduce.py profile=full        # 3 seeds, tiny CRIS + tiny LAVT, every dataset
+    python tools/reproduce.py                     # profile=quick: 3 seeds x tiny CRIS + tiny LAVT x every row/dataset
+    python tools/reproduce.py profile=full trainer=gpu device=cuda   # the same at 5x the steps (GPU)
+    python tools/reproduce.py report_only=true    # the page from the runs finished so far
     python tools/reproduce.py override.rows=[human_100,full] override.max_steps=50
 
 Options: conf/reproduce.yaml (key=value overrides, OmegaConf dot-list syntax). Resumable: rerun the same command.

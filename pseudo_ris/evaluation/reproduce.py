@@ -110,6 +110,8 @@ class Plan:
     cache_dir: str
     gallery_images: int = 8
     notes_md: Path | None = None
+    trainer: str = "cpu"      # conf/trainer group of every training (gpu / ddp for profile=full on GPUs)
+    device: str = "cpu"       # device of generation and the zero-shot ranker (cuda on GPUs)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], data_root: Path) -> "Plan":
@@ -131,7 +133,8 @@ class Plan:
                    data_root=data_root, train_overrides=list(cfg.get("train_overrides") or []),
                    generate_overrides=list(cfg.get("generate_overrides") or []), cache_dir=str(cfg["cache_dir"]),
                    gallery_images=int(cfg.get("gallery_images", 8)),
-                   notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None)
+                   notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None,
+                   trainer=str(cfg.get("trainer") or "cpu"), device=str(cfg.get("device") or "cpu"))
 
 
 def _q(key: str, value: Any) -> str:
@@ -152,7 +155,7 @@ PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: 
 def generate_config(plan: Plan, masks: str) -> dict:
     out = plan.out_dir / "generate" / masks
     overrides = [_q("data_root", plan.data_root), f"masks={masks}", _q("out_dir", out), _q("out_root", out),
-                 _q("cache_dir", plan.cache_dir), *plan.generate_overrides]
+                 _q("cache_dir", plan.cache_dir), f"device={plan.device}", *plan.generate_overrides]
     if plan.gen_max_images is not None:
         overrides.append(f"max_images={int(plan.gen_max_images)}")
     if plan.plain_sampling:
@@ -198,7 +201,7 @@ def train_config(plan: Plan, model: str, row: Row, dataset: str, seed: int, out:
     mode = {"pseudo": "pseudo", "human": "human", "mixed": "mixed"}[row.kind]
     overrides = [f"model={model}", f"dataset={dataset}", f"data={mode}", f"ratio={row.ratio}", f"seed={seed}",
                  _q("data_root", plan.data_root), _q("cache_dir", plan.cache_dir), _q("output_dir", out),
-                 f"max_steps={plan.max_steps}", "epochs=100000", "trainer=cpu",
+                 f"max_steps={plan.max_steps}", "epochs=100000", f"trainer={plan.trainer}",
                  f"trainer.limit_train_batches={plan.val_every}", "logger=csv", *plan.train_overrides]
     if plan.limit_eval is not None:
         overrides.append(f"limit_eval={int(plan.limit_eval)}")
