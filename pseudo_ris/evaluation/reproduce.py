@@ -243,18 +243,22 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
             "metrics_csv": [str(p) for p in metrics_files(out)], "data_root": str(plan.data_root)}
 
 
-def run_zero_shot(plan: Plan, row_name: str) -> dict:
+def _zero_shot_on(plan: Plan, row_name: str, datasets: Sequence[str]) -> dict[str, dict]:
+    """Scores of a zero-shot row (masks of its store ranked by the CLIP scorer) on each of ``datasets``."""
     from pseudo_ris.data.refer import ReferDataset
     from ris_models.zero_shot import build_zero_shot, evaluate_zero_shot
 
-    row = ROWS[row_name]
-    gen_cfg = generate_config(plan, row.store)
-    datasets = {}
-    start = time.perf_counter()
-    for name in plan.datasets:
+    gen_cfg = generate_config(plan, ROWS[row_name].store)
+    out = {}
+    for name in datasets:
         ds = ReferDataset(plan.data_root, name)
-        model = build_zero_shot(gen_cfg, dataset=ds)
-        datasets[name] = evaluate_zero_shot(model, ds, limit=plan.limit_eval)
+        out[name] = evaluate_zero_shot(build_zero_shot(gen_cfg, dataset=ds), ds, limit=plan.limit_eval)
+    return out
+
+
+def run_zero_shot(plan: Plan, row_name: str) -> dict:
+    start = time.perf_counter()
+    datasets = _zero_shot_on(plan, row_name, plan.datasets)
     return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1),
             "data_root": str(plan.data_root)}
 
@@ -283,14 +287,7 @@ def complete_datasets(plan: Plan, model: str, row_name: str, dataset: str, seed:
         return result
     row = ROWS[row_name]
     if row.kind == "zero_shot":
-        from pseudo_ris.data.refer import ReferDataset
-        from ris_models.zero_shot import build_zero_shot, evaluate_zero_shot
-
-        gen_cfg = generate_config(plan, row.store)
-        for name in missing:
-            ds = ReferDataset(plan.data_root, name)
-            result["datasets"][name] = evaluate_zero_shot(build_zero_shot(gen_cfg, dataset=ds), ds,
-                                                          limit=plan.limit_eval)
+        result["datasets"].update(_zero_shot_on(plan, row_name, missing))
     else:
         ckpt = result["checkpoint"]
         if not Path(ckpt).is_file():
@@ -385,17 +382,28 @@ def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bo
 
 
 # ------------------------------------------------------------------------------------------------- tables
-def aggregate(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[tuple[str, str], list[float]]]:
-    """``{row: {(dataset, split): [value per seed]}}`` for one model (zero-shot rows for every model)."""
-    out: dict[str, dict[tuple[str, str], list[float]]] = {}
+def per_seed(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[int, dict[tuple[str, str], float]]]:
+    """``{row: {seed: {(dataset, split): value}}}``: a seed's cells gathered over its per-dataset runs."""
+    out: dict[str, dict[int, dict[tuple[str, str], float]]] = {}
     for rec in records:
         if rec.result is None or rec.model not in (model, "-"):
             continue
-        cells = out.setdefault(rec.row, {})
+        cells = out.setdefault(rec.row, {}).setdefault(rec.seed, {})
         for ds, splits in rec.result["datasets"].items():
             for split, values in splits.items():
                 if metric in values and values[metric] is not None and math.isfinite(values[metric]):
-                    cells.setdefault((ds, split), []).append(float(values[metric]))
+                    cells[(ds, split)] = float(values[metric])
+    return out
+
+
+def aggregate(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[tuple[str, str], list[float]]]:
+    """``{row: {(dataset, split): [value per seed]}}`` for one model (zero-shot rows for every model)."""
+    out: dict[str, dict[tuple[str, str], list[float]]] = {}
+    for row, seeds in per_seed(records, model, metric).items():
+        cells = out.setdefault(row, {})
+        for _, values in sorted(seeds.items()):
+            for key, value in values.items():
+                cells.setdefault(key, []).append(value)
     return out
 
 
@@ -429,20 +437,6 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("10 % human + pseudo > 10 % human alone", "mixed_10", "human_10", "seen"),
     ("pseudo labels beat human supervision on unseen concepts", "full", "human_100", "unseen"),
 )
-
-
-def per_seed(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[int, dict[tuple[str, str], float]]]:
-    """``{row: {seed: {(dataset, split): value}}}``: a seed's cells gathered over its per-dataset runs."""
-    out: dict[str, dict[int, dict[tuple[str, str], float]]] = {}
-    for rec in records:
-        if rec.result is None or rec.model not in (model, "-"):
-            continue
-        cells = out.setdefault(rec.row, {}).setdefault(rec.seed, {})
-        for ds, splits in rec.result["datasets"].items():
-            for split, values in splits.items():
-                if metric in values and values[metric] is not None and math.isfinite(values[metric]):
-                    cells[(ds, split)] = float(values[metric])
-    return out
 
 
 def claim_verdict(better: Sequence[float], worse: Sequence[float], deterministic_worse: bool = False,
