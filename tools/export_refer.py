@@ -4,8 +4,8 @@
     python tools/export_refer.py dataset=synthref out=<dir>                 # the cached SynthRef build
 
 Writes <out>/anns/<name>/<split>.json and <out>/masks/<name>/<ref_id>.png (as CRIS's tools/data_process.py does)
-and prints the folder2lmdb.py commands that pack them. Options: conf/export_refer.yaml; the work is in
-pseudo_ris.data.export_cris.
+and prints the folder2lmdb.py commands that pack them. Options: conf/export_refer.yaml (key=value); the work is
+in pseudo_ris.data.export_cris.
 """
 
 from __future__ import annotations
@@ -13,41 +13,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
-
+from pseudo_ris.cli import load_options
 from pseudo_ris.data.errors import PseudoRISError
-from pseudo_ris.data.export_cris import export_cris, lmdb_commands
-from pseudo_ris.data.sources import open_dataset
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "export_refer.yaml"
 
 
-def _path(value) -> Path:
-    return Path(to_absolute_path(str(Path(str(value)).expanduser())))
+def main(argv: list[str]) -> None:
+    params = load_options(CONF, argv, __doc__)
+    from pseudo_ris.data.export_cris import export_cris, lmdb_commands
+    from pseudo_ris.data.sources import open_dataset
 
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export_refer")
-def main(cfg: DictConfig) -> None:
+    dataset = str(params["dataset"])
+    name = params["name"] or dataset
+    out = Path(str(params["out"])).expanduser().absolute()
     try:
-        params = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except MissingMandatoryValue as exc:
-        print(f"error: option {exc.full_key}=... is required (see conf/export_refer.yaml)", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
-        dataset = str(params["dataset"])
         if params["data_root"] is None:
-            from ris_models.prepare import SYNTHREF_DATASETS, synthref_root
+            from ris_models.prepare import SYNTHREF_DATASETS, DataRootError, synthref_root
 
             if dataset not in SYNTHREF_DATASETS:
-                print(f"error: dataset {dataset!r} needs data_root=<dir holding {dataset}/>", file=sys.stderr)
-                raise SystemExit(2)
+                raise DataRootError(f"dataset {dataset!r} needs data_root=<dir holding {dataset}/>")
             data_root = synthref_root(params["cache_dir"], params.get("synthref"))
         else:
-            data_root = _path(params["data_root"])
+            data_root = Path(str(params["data_root"])).expanduser().absolute()
         ds = open_dataset(data_root, dataset, split_by=params["split_by"], splits=params["splits"])
-        name = params["name"] or dataset
-        out = _path(params["out"])
         counts = export_cris(ds, out, name=name, splits=params["splits"], overwrite=bool(params["overwrite"]))
     except PseudoRISError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -58,4 +47,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

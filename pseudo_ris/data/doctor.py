@@ -25,7 +25,8 @@ PUBLISHED_REFS: dict[tuple[str, str], dict[str, int]] = {
 
 @dataclass
 class Report:
-    """Lines of ``[status] text``; ``problems`` counts the lines that are not ``ok`` / ``info``."""
+    """Lines of ``[status] text``; ``problems`` counts the lines that are not ``ok`` / ``info`` (indented lines
+    detail the problem above them)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
 
@@ -34,7 +35,7 @@ class Report:
 
     @property
     def problems(self) -> int:
-        return sum(status not in ("ok", "info") for status, _ in self.lines)
+        return sum(status not in ("ok", "info") and not text.startswith("  ") for status, text in self.lines)
 
     def format(self) -> str:
         body = "\n".join(f"[{status}] {text}" for status, text in self.lines)
