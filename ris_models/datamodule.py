@@ -283,12 +283,17 @@ class RISDataModule(L.LightningDataModule):
         if self._train is None:
             sources = [self.human_dataset if self.mode != "pseudo" else None,
                        self.pseudo_dataset if self.mode != "human" else None]
-            self._train = RISTrainDataset(sources, self.train_refs(), self.input_size, self.image_mean,
+            items = self.train_refs()
+            for index, ds in enumerate(sources):  # a missing image fails here, not mid-epoch
+                if ds is not None:
+                    ds.check_image_files(ds.refs_by_id[i.ref_id] for i in items if i.source == index)
+            self._train = RISTrainDataset(sources, items, self.input_size, self.image_mean,
                                           self.image_std, self.resize_mode, self.hflip_prob)
         return self._train
 
     def eval_dataset(self, split: str) -> RISEvalDataset:
         if split not in self._eval:
+            self.human_dataset.check_image_files(self.human_dataset.refs_in_split(split))
             self._eval[split] = RISEvalDataset(self.human_dataset, split, self.input_size, self.image_mean,
                                                self.image_std, self.resize_mode, self.limit_eval)
         return self._eval[split]

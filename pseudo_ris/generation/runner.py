@@ -18,6 +18,7 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
+from pseudo_ris.filtering.spatial_phrases import SpatialConfig
 from pseudo_ris.filtering.scorer import ClipScorer
 from pseudo_ris.generation.pipeline import CocaCaptioner, PseudoLabelPipeline, RunStats, run_generation
 from pseudo_ris.generation.report import write_gallery
@@ -156,8 +157,13 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
                                     detections=detections, sam_kwargs=sam_cfg, external_kwargs=ext, selection=sel)
     flt = cfg.get("filter", {})
     nouns = build_noun_extractor(flt.get("nouns", "auto"), bool(flt.get("keep_modifiers", True)))
+    try:
+        spatial = SpatialConfig(**(cfg.get("spatial") or {}))
+    except (TypeError, ValueError) as exc:
+        raise GenerateConfigError(f"spatial: {exc}") from exc
     return PseudoLabelPipeline(mask_source, captioner, scorer, nouns,
-                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)))
+                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)),
+                               spatial=spatial)
 
 
 def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
@@ -167,7 +173,9 @@ def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
             "masks": cfg["masks"], "sam": {k: v for k, v in (cfg.get("sam") or {}).items()},
             "selection": cfg.get("selection"), "captioner": gen["captioner"], "scorer": gen["scorer"],
             "decoding": cfg.get("decoding"), "seed": cfg.get("seed", 0), "num_shards": int(cfg.get("num_shards", 1)),
-            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")}}
+            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")},
+            # only when on: stores made before spatial phrases existed stay resumable
+            **({"spatial": cfg["spatial"]} if (cfg.get("spatial") or {}).get("enabled") else {})}
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
