@@ -27,7 +27,7 @@ from .config import GenericCaptionConfig
 FOUNDATION_TAG = 0x5EED_F0DA  # entropy word that marks foundation-model streams
 # scenes of each purpose, plus the per-step sampling rngs (prompts, crops, captions) of the two trainers
 STREAMS = {"sam_train": 1, "coca_train": 2, "sam_eval": 3, "coca_eval": 4, "test": 5, "sam_sampling": 6,
-           "coca_sampling": 7}
+           "coca_sampling": 7, "clip_train": 8, "clip_scenes": 9, "clip_sampling": 10, "clip_eval": 11}
 
 # Words generic captions may contain; everything else (locations, relations, comparatives) is distinctive.
 CAPTION_FILLER_WORDS: tuple[str, ...] = ("a", "an", "the", "in", "picture", "photo", "of")
