@@ -100,7 +100,7 @@ def resolve_weights(value: Any, kind: str) -> Any:
     return str(shipped_paths()[kind])
 
 
-def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
+def build_captioner_bundle(cap: Mapping[str, Any], device: str, allow_download: bool = False) -> Any:
     from pseudo_ris.captioning import load_coca
 
     pretrained = resolve_weights(cap.get("pretrained"), "coca")
@@ -109,7 +109,7 @@ def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
         tokenizer = _word_tokenizer(int(cap.get("context_length", 32)))
     if cap.get("seed") is not None:
         torch.manual_seed(int(cap["seed"]))  # random-init models: reproducible weights
-    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device,
+    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device, allow_download=allow_download,
                      **(cap.get("overrides") or {}))
 
 
@@ -125,7 +125,8 @@ def build_settings(dec: Mapping[str, Any]) -> list[Any]:
 def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPipeline:
     device = cfg.get("device", "cpu")
     gen = cfg["generator"]
-    bundle = build_captioner_bundle(gen["captioner"], device)
+    allow_download = bool(cfg.get("allow_download", False))
+    bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
     captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
@@ -133,7 +134,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     if sc["kind"] == "captioner":
         scorer = ClipScorer.from_coca_bundle(bundle, device=device)
     elif sc["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device)
+        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device,
+                                           allow_download=allow_download)
     else:
         raise GenerateConfigError(f"unknown scorer kind {sc['kind']!r}; choose captioner or open_clip")
 
