@@ -35,7 +35,7 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def build_ris_model(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any] | None = None,
-                    load_pretrained: bool = True) -> RISModel:
+                    load_pretrained: bool = True, allow_download: bool = False) -> RISModel:
     """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it.
 
     A CRIS model takes its text length from the dataset (``dataset.word_len``: 17 RefCOCO/+, 22 RefCOCOg, as the
@@ -49,7 +49,7 @@ def build_ris_model(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any]
     if word_len is not None and "word_len" in preset:
         context = ((preset.get("clip_overrides") or {}).get("text_cfg") or {}).get("context_length", 77)
         overrides.setdefault("word_len", min(int(word_len), int(context)))
-    return build_model(name, load_pretrained=load_pretrained, **overrides)
+    return build_model(name, load_pretrained=load_pretrained, allow_download=allow_download, **overrides)
 
 
 def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
@@ -138,7 +138,8 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     # change the model's initialisation or the data order
     L.seed_everything(int(cfg["seed"]), workers=True)
     check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
-    model = build_ris_model(cfg["model"], cfg.get("dataset"))
+    model = build_ris_model(cfg["model"], cfg.get("dataset"),
+                            allow_download=bool(cfg.get("allow_download", False)))
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
                        threshold=cfg.get("threshold"), eval_resolution=cfg.get("eval_resolution", "original"),
