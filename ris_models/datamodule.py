@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pseudo_ris.data.errors import PseudoRISError, ReferDataError
 from pseudo_ris.data.refer import ReferDataset
+from pseudo_ris.data.sources import open_dataset
 
 from .transforms import RESIZE_MODES, ResizeMeta, resize_image, resize_mask, resize_meta, swap_left_right
 
@@ -244,7 +245,9 @@ class RISDataModule(L.LightningDataModule):
     @property
     def human_dataset(self) -> ReferDataset:
         if self._human is None:
-            self._human = ReferDataset(self.data_root, self.dataset_name, split_by=self.split_by)
+            # which files a multi-file source (VGPhraseCut, evaluation only) reads; REFER files hold every split
+            splits = list(dict.fromkeys([*(self._val_splits or []), *(self._eval_splits or [])])) or None
+            self._human = open_dataset(self.data_root, self.dataset_name, split_by=self.split_by, splits=splits)
         return self._human
 
     @property

@@ -55,3 +55,64 @@ def test_evaluation_reports_rates(few_step_weights):
     report = evaluate_clip(few_step_weights, num_images=3)
     assert report["objects"] >= 3 and 0.0 <= report["zeroshot_shape_acc"] <= 1.0
     assert -1.0 <= report["cosine_min"] <= 1.0
+
+
+def _disc(h=40, w=40, cy=20, cx=20, r=9):
+    import numpy as np
+
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_sam_like_masks_are_imperfect_but_keep_most_of_the_object():
+    import numpy as np
+
+    from pseudo_ris.foundation.data import sam_like_mask
+
+    mask = _disc()
+    rng = np.random.default_rng(0)
+    outs = [sam_like_mask(mask, rng) for _ in range(60)]
+    changed = [o for o in outs if not np.array_equal(o, mask)]
+    assert len(changed) >= 45  # almost always an error ...
+    for o in outs:  # ... never one that loses most of the object
+        assert o.shape == mask.shape and (o & mask).sum() >= 0.4 * mask.sum()
+    grown = [o for o in changed if (o & ~mask).any()]
+    shrunk = [o for o in changed if (mask & ~o).any()]
+    assert grown and shrunk  # both too-loose and too-tight errors occur
+
+
+def test_sam_like_crops_only_when_asked_and_zero_keeps_old_batches():
+    import numpy as np
+
+    from pseudo_ris.foundation.config import GenericCaptionConfig
+    from pseudo_ris.foundation.data import coca_batch, scene_at
+
+    def batch(prob):
+        rng = np.random.default_rng(7)
+        scenes = (scene_at("test", 0, i) for i in range(20))
+        return coca_batch(scenes, rng, 32, 8, 2, GenericCaptionConfig(), 0.3, sam_like_prob=prob)
+
+    plain, default, noisy = batch(0.0), None, batch(1.0)
+    rng = np.random.default_rng(7)
+    default = coca_batch((scene_at("test", 0, i) for i in range(20)), rng, 32, 8, 2, GenericCaptionConfig(), 0.3)
+    assert torch.equal(plain.images, default.images) and plain.captions == default.captions
+    assert not torch.equal(plain.images, noisy.images)
+
+
+def test_command_line_trains_and_reports(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "tools" / "train_foundation.py"), "model=clip", "steps=2",
+           f"out={tmp_path / 'cli'}", "clip.batch_size=4", "eval.clip.num_images=2", "progress=false",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "cli" / "recipe.json").read_text())["runs"][-1]["steps_done"] == 2
+    assert "zeroshot_shape_acc" in json.loads((tmp_path / "cli" / "quality.json").read_text())["summary"]
+    bad = subprocess.run(cmd[:2] + ["model=clipz", f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "model must be one of" in bad.stderr and "Traceback" not in bad.stderr

@@ -120,7 +120,8 @@ class ReferDataset:
     polygon_raster: str = "coco"
 
     def __init__(self, data_root: str | Path, dataset: str, split_by: str | None = None,
-                 image_dir: str | Path | None = None) -> None:
+                 image_dir: str | Path | None = None, check_geometry: bool = True) -> None:
+        self.check_geometry = check_geometry  # False: open anyway and list problems (tools/doctor.py)
         self.data_root = Path(data_root).expanduser()
         self.name = dataset
         spec = DATASETS.get(dataset)
@@ -151,7 +152,7 @@ class ReferDataset:
     @classmethod
     def from_records(cls, name: str, *, images: list[dict], annotations: list[dict], categories: list[dict],
                      refs: list[dict], image_dir: str | Path, source: str | Path, split_by: str,
-                     polygon_raster: str = "coco") -> "ReferDataset":
+                     polygon_raster: str = "coco", check_geometry: bool = True) -> "ReferDataset":
         """A dataset from in-memory REFER records (readers of other layouts, e.g. VGPhraseCut, translate into
         these), checked exactly like a dataset read from disk; ``source`` names the file(s) in messages."""
         self = cls.__new__(cls)
@@ -162,6 +163,7 @@ class ReferDataset:
         self.refs_path = self.instances_path = Path(source)
         self.image_dir = Path(image_dir)
         self.polygon_raster = polygon_raster
+        self.check_geometry = check_geometry
         self._index(images, annotations, categories, refs)
         return self
 
@@ -206,7 +208,7 @@ class ReferDataset:
                 raise ReferDataError(f"ref {ref['ref_id']} in {self.refs_path} points to image "
                                      f"{ref['image_id']}, which is not in {self.instances_path}")
         self.refs: list[dict] = refs
-        problems = self.geometry_problems(limit=1)
+        problems = self.geometry_problems(limit=1) if self.check_geometry else []
         if problems:
             raise GeometryError(problems[0] + " (python tools/doctor.py lists every problem)")
 

@@ -62,6 +62,7 @@ class CocaTrainConfig:
     caption_loss_weight: float = 1.0
     clip_loss_weight: float = 1.0
     prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
+    sam_like_prob: float = 0.0         # crops cut from imperfect, SAM-like masks of the object (0: exact masks only)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     stop_after: int | None = None
