@@ -226,7 +226,7 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
     if cfg.get("eval") is not None:
         overrides["eval_protocol"] = protocol_from_config(cfg.get("eval")).as_dict()  # fails before loading
     ckpt = Path(str(cfg["ckpt"])).expanduser()
-    lit = load_checkpoint(ckpt, **overrides)
+    lit = load_checkpoint(ckpt, allow_download=bool(cfg.get("allow_download", False)), **overrides)
     info = lit.data_info
     data_root, name, split_by, eval_splits = _evaluation_data(cfg, info, f"checkpoint {ckpt}")
     model = lit.model
@@ -246,6 +246,7 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
 
 def evaluate_predictions(cfg: Any) -> dict[str, dict[str, float]]:
     """Score external masks (``predictions=``) on ``dataset``/``split`` with the ``eval`` protocol."""
+    from pseudo_ris.data.sources import open_dataset
     from ris_models.predictions import check_sizes, load_predictions, match_predictions, score_predictions
 
     protocol = protocol_from_config(cfg.get("eval"))
@@ -255,7 +256,9 @@ def evaluate_predictions(cfg: Any) -> dict[str, dict[str, float]]:
         raise CheckpointDataError("predictions need dataset=<name> (and data_root=<dir> for real datasets)")
     preds = load_predictions(cfg["predictions"])
     data_root, name, split_by, eval_splits = _evaluation_data(cfg, {}, "predictions")
-    ds = ReferDataset(data_root, name, split_by=split_by)
+    split = cfg.get("split", "all")
+    wanted = [str(split)] if split not in (None, "all") else (list(eval_splits) if eval_splits else None)
+    ds = open_dataset(data_root, name, split_by=split_by, splits=wanted)
     samples = {split: ds.samples(split) for split in _requested_splits(cfg, ds, eval_splits)}
     if cfg.get("limit_eval") is not None:
         samples = {k: v[: int(cfg["limit_eval"])] for k, v in samples.items()}
