@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pseudo_ris.data.errors import PseudoRISError, ReferDataError
 from pseudo_ris.data.refer import ReferDataset
+from pseudo_ris.data.sources import open_dataset
 
 from .transforms import RESIZE_MODES, ResizeMeta, resize_image, resize_mask, resize_meta, swap_left_right
 
@@ -244,7 +245,9 @@ class RISDataModule(L.LightningDataModule):
     @property
     def human_dataset(self) -> ReferDataset:
         if self._human is None:
-            self._human = ReferDataset(self.data_root, self.dataset_name, split_by=self.split_by)
+            # which files a multi-file source (VGPhraseCut, evaluation only) reads; REFER files hold every split
+            splits = list(dict.fromkeys([*(self._val_splits or []), *(self._eval_splits or [])])) or None
+            self._human = open_dataset(self.data_root, self.dataset_name, split_by=self.split_by, splits=splits)
         return self._human
 
     @property
@@ -283,12 +286,17 @@ class RISDataModule(L.LightningDataModule):
         if self._train is None:
             sources = [self.human_dataset if self.mode != "pseudo" else None,
                        self.pseudo_dataset if self.mode != "human" else None]
-            self._train = RISTrainDataset(sources, self.train_refs(), self.input_size, self.image_mean,
+            items = self.train_refs()
+            for index, ds in enumerate(sources):  # a missing image fails here, not mid-epoch
+                if ds is not None:
+                    ds.check_image_files(ds.refs_by_id[i.ref_id] for i in items if i.source == index)
+            self._train = RISTrainDataset(sources, items, self.input_size, self.image_mean,
                                           self.image_std, self.resize_mode, self.hflip_prob)
         return self._train
 
     def eval_dataset(self, split: str) -> RISEvalDataset:
         if split not in self._eval:
+            self.human_dataset.check_image_files(self.human_dataset.refs_in_split(split))
             self._eval[split] = RISEvalDataset(self.human_dataset, split, self.input_size, self.image_mean,
                                                self.image_std, self.resize_mode, self.limit_eval)
         return self._eval[split]

@@ -161,7 +161,7 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
 
     overrides = {k: cfg.get(k) for k in ("threshold", "eval_resolution", "num_overlays") if cfg.get(k) is not None}
     ckpt = Path(str(cfg["ckpt"])).expanduser()
-    lit = load_checkpoint(ckpt, **overrides)
+    lit = load_checkpoint(ckpt, allow_download=bool(cfg.get("allow_download", False)), **overrides)
     info = lit.data_info
     ds_cfg = cfg.get("dataset")
     if ds_cfg is None:

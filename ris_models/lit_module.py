@@ -217,7 +217,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrides: Any) -> RISLitModule:
+def load_checkpoint(path: str | Path, expect_model: str | None = None, *, allow_download: bool = False,
+                    **overrides: Any) -> RISLitModule:
     """Rebuild the network from the config saved in ``path`` and load its weights (on CPU, eval mode).
 
     ``expect_model``: a preset name the caller requires (``CheckpointError`` if the checkpoint holds another).
@@ -232,7 +233,7 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrid
     if info.get("vocab_text") and config.get("vocab_file"):
         config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
     # the weights come from the checkpoint: build the architecture (and tokenizer) without reading encoder weights
-    model = build_model(**config, load_pretrained=False)
+    model = build_model(**config, load_pretrained=False, allow_download=allow_download)
     model.config["vocab_file"] = info["config"].get("vocab_file", config.get("vocab_file"))
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     hparams.update(overrides)

@@ -24,7 +24,7 @@ RESUME_MODES = ("auto", "never")
 NOT_IDENTITY = frozenset({
     "ckpt_path", "resume", "epochs", "max_steps", "checkpoint_every_n_steps", "evaluate_after", "num_overlays",
     "limit_eval", "num_workers", "eval_batch_size", "threshold", "eval_resolution", "logger", "trainer",
-    "output_dir", "cache_dir",
+    "output_dir", "cache_dir", "allow_download",
 })
 
 

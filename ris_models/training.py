@@ -33,10 +33,10 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def build_ris_model(model_cfg: Mapping[str, Any]) -> RISModel:
+def build_ris_model(model_cfg: Mapping[str, Any], allow_download: bool = False) -> RISModel:
     """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it."""
     overrides = {k: v for k, v in dict(model_cfg).items() if k != "name" and v is not None}
-    return build_model(str(model_cfg["name"]), **overrides)
+    return build_model(str(model_cfg["name"]), allow_download=allow_download, **overrides)
 
 
 def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
@@ -122,7 +122,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     # change the model's initialisation or the data order
     L.seed_everything(int(cfg["seed"]), workers=True)
     check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
-    model = build_ris_model(cfg["model"])
+    model = build_ris_model(cfg["model"], allow_download=bool(cfg.get("allow_download", False)))
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
                        threshold=cfg.get("threshold"), eval_resolution=cfg.get("eval_resolution", "original"),

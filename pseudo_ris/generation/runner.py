@@ -21,6 +21,7 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
+from pseudo_ris.filtering.spatial_phrases import SpatialConfig
 from pseudo_ris.filtering.scorer import ClipScorer
 from pseudo_ris.generation.pipeline import CocaCaptioner, PseudoLabelPipeline, RunStats, run_generation
 from pseudo_ris.generation.report import write_gallery
@@ -102,7 +103,7 @@ def resolve_weights(value: Any, kind: str) -> Any:
     return str(shipped_paths()[kind])
 
 
-def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
+def build_captioner_bundle(cap: Mapping[str, Any], device: str, allow_download: bool = False) -> Any:
     from pseudo_ris.captioning import load_coca
 
     pretrained = resolve_weights(cap.get("pretrained"), "coca")
@@ -111,7 +112,7 @@ def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
         tokenizer = _word_tokenizer(int(cap.get("context_length", 32)))
     if cap.get("seed") is not None:
         torch.manual_seed(int(cap["seed"]))  # random-init models: reproducible weights
-    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device,
+    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device, allow_download=allow_download,
                      **(cap.get("overrides") or {}))
 
 
@@ -127,7 +128,8 @@ def build_settings(dec: Mapping[str, Any]) -> list[Any]:
 def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPipeline:
     device = cfg.get("device", "cpu")
     gen = cfg["generator"]
-    bundle = build_captioner_bundle(gen["captioner"], device)
+    allow_download = bool(cfg.get("allow_download", False))
+    bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
     captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
@@ -135,7 +137,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     if sc["kind"] == "captioner":
         scorer = ClipScorer.from_coca_bundle(bundle, device=device)
     elif sc["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device)
+        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device,
+                                           allow_download=allow_download)
     else:
         raise GenerateConfigError(f"unknown scorer kind {sc['kind']!r}; choose captioner or open_clip")
 
@@ -157,8 +160,13 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
                                     detections=detections, sam_kwargs=sam_cfg, external_kwargs=ext, selection=sel)
     flt = cfg.get("filter", {})
     nouns = build_noun_extractor(flt.get("nouns", "auto"), bool(flt.get("keep_modifiers", True)))
+    try:
+        spatial = SpatialConfig(**(cfg.get("spatial") or {}))
+    except (TypeError, ValueError) as exc:
+        raise GenerateConfigError(f"spatial: {exc}") from exc
     return PseudoLabelPipeline(mask_source, captioner, scorer, nouns,
-                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)))
+                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)),
+                               spatial=spatial)
 
 
 def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
@@ -168,7 +176,9 @@ def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
             "masks": cfg["masks"], "sam": {k: v for k, v in (cfg.get("sam") or {}).items()},
             "selection": cfg.get("selection"), "captioner": gen["captioner"], "scorer": gen["scorer"],
             "decoding": cfg.get("decoding"), "seed": cfg.get("seed", 0), "num_shards": int(cfg.get("num_shards", 1)),
-            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")}}
+            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")},
+            # only when on: stores made before spatial phrases existed stay resumable
+            **({"spatial": cfg["spatial"]} if (cfg.get("spatial") or {}).get("enabled") else {})}
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
