@@ -156,10 +156,11 @@ def test_stream_writer_pickle_loads_as_one_list(tmp_path):
                "category_id": 1, "sent_ids": [i + 1], "sentences": [{"sent_id": i + 1, "sent": "x", "raw": "x",
                                                                      "tokens": ["x"]}]}
         refs.append(ref)
-        w.add([], [{"id": i + 1, "image_id": 7, "category_id": 1}], [ref])
+        w.add([{"id": 7, "file_name": "a.png", "height": 4, "width": 4}],
+              [{"id": i + 1, "image_id": 7, "category_id": 1, "segmentation": [[0, 0, 3, 0, 3, 3]]}], [ref])
     w.close()
     with open(tmp_path / "d" / "refs(pseudo).p", "rb") as handle:
         assert pickle.load(handle) == refs
     inst = json.loads((tmp_path / "d" / "instances.json").read_text())
-    assert inst["images"] == [] and len(inst["annotations"]) == 5
+    assert len(inst["images"]) == 5 and len(inst["annotations"]) == 5
     assert StoreIndex.build(tmp_path).entries == []

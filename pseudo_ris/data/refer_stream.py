@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .io import _umask, atomic_write_json
-from .refer import DATASET_INFO, _check_refs
+from .refer import DATASET_INFO, _check_refs, _refer_annotation
 
 _PROTO2 = b"\x80\x02"
 _EMPTY_LIST, _MARK, _APPENDS, _STOP = b"]", b"(", b"e", b"."
@@ -39,7 +39,9 @@ def _pickle_body(obj: Any) -> bytes:
 
 
 class ReferStreamWriter:
-    """``add(images, annotations, refs)`` per image (refs complete: file_name and category_id set), then ``close``."""
+    """``add(images, annotations, refs)`` per image (refs complete: file_name and category_id set), then ``close``.
+
+    Annotations are checked and normalised exactly as `write_refer_dataset` does (``_refer_annotation``)."""
 
     def __init__(self, root: str | Path, name: str, *, split_by: str, categories: list[dict],
                  image_dir: str | Path | None = None, refs_per_batch: int = 1000) -> None:
@@ -69,6 +71,9 @@ class ReferStreamWriter:
         return count
 
     def add(self, images: list[dict], annotations: list[dict], refs: list[dict]) -> None:
+        """Append one image's records (its annotations lie on ``images``; checked as `write_refer_dataset` does)."""
+        image_by_id = {int(i["id"]): i for i in images}
+        annotations = [_refer_annotation(a, image_by_id, str(self.out)) for a in annotations]
         _check_refs(refs, {int(a["id"]): a for a in annotations}, str(self.out))
         self._n_images = self._json_items(self._images[1], images, self._n_images)
         self._n_anns = self._json_items(self._anns[1], annotations, self._n_anns)
