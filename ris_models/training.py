@@ -22,6 +22,7 @@ from ris_models.datamodule import MODES, DataConfigError, RISDataModule, check_r
 from ris_models.evaluation import dataset_label, evaluate_splits
 from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
+from ris_models.protocol import protocol_from_config
 from ris_models.registry import RISModel, build_model
 from ris_models.run_state import resume_checkpoint
 
@@ -51,6 +52,7 @@ def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
 
 def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData) -> RISDataModule:
     ds_cfg, data_cfg = cfg["dataset"], cfg["data"]
+    protocol = protocol_from_config(cfg.get("eval"))
     return RISDataModule(
         data.data_root, ds_cfg["name"], split_by=ds_cfg.get("split_by"), mode=data_cfg["mode"],
         ratio=cfg.get("ratio", 1.0), pseudo_root=data.pseudo_root, pseudo_name=data_cfg.get("pseudo_name", "pseudo"),
@@ -59,7 +61,7 @@ def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData
         batch_size=cfg["batch_size"], eval_batch_size=cfg.get("eval_batch_size"),
         num_workers=cfg.get("num_workers", 0), resize_mode=cfg.get("resize_mode", "letterbox"),
         hflip_prob=cfg.get("hflip_prob", 0.0), subset_seed=_get(cfg, "subset_seed", cfg.get("seed", 0)),
-        limit_eval=cfg.get("limit_eval"))
+        limit_eval=cfg.get("limit_eval"), eval_resize_mode=protocol.resize_mode, target_resize=protocol.target_resize)
 
 
 def build_logger(logger_cfg: Mapping[str, Any], output_dir: Path, run_name: str):
@@ -116,6 +118,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
     output_dir = Path(str(cfg["output_dir"])).expanduser()
+    protocol_from_config(cfg.get("eval"))  # a bad evaluation setting fails before any slow stage
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
     data = resolve_data(cfg, generate_cfg)
     # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
@@ -125,7 +128,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     model = build_ris_model(cfg["model"], allow_download=bool(cfg.get("allow_download", False)))
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
-                       threshold=cfg.get("threshold"), eval_resolution=cfg.get("eval_resolution", "original"),
+                       eval_protocol=protocol_from_config(cfg.get("eval")).as_dict(),
                        val_splits=dm.val_splits, num_overlays=cfg.get("num_overlays", 4),
                        data_info={"dataset": dm.dataset_name, "split_by": dm.human_dataset.split_by,
                                   "data_root": str(data.data_root), "mode": dm.mode, "ratio": dm.ratio,
