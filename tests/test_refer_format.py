@@ -238,3 +238,19 @@ def test_writer_refuses_a_mask_of_the_wrong_size(tmp_path):
         write_refer_dataset(tmp_path, "bad", split_by="pseudo", images=images, annotations=anns,
                             categories=[], refs=refs)
     assert not (tmp_path / "bad").exists()
+
+
+def test_data_module_finds_a_missing_image_before_training(tiny_ris_data):
+    from ris_models.datamodule import RISDataModule
+
+    kwargs = dict(input_size=32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    image = tiny_ris_data["data_root"] / "images" / "tiny" / "0003.png"  # a train image (ids 0..9 are train)
+    image.unlink()
+    dm = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="human", **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref not found"):
+        dm.train_dataset()
+    pseudo = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="pseudo",
+                           pseudo_root=tiny_ris_data["pseudo_root"], pseudo_name=tiny_ris_data["pseudo_name"], **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref_pseudo not found"):
+        pseudo.train_dataset()
+    assert len(dm.eval_dataset("val")) > 0  # other splits do not need that image
