@@ -71,6 +71,42 @@ def handmade_refer(tmp_path: Path) -> Path:
     return _write_handmade_refer(tmp_path / "data")
 
 
+# ---------------------------------------------------------------------------------------------- decoding models
+CAPTION_WORDS = "a the big small red green blue yellow cube ball cone ring left right of on".split()
+
+
+def assert_live_coca(bundle, n_images: int = 3) -> None:
+    """Decoding tests are only meaningful on a model whose next-token logits are finite and informative: not
+    constant over the vocabulary, and different for different images and prefixes. A CoCa whose vocabulary
+    projection was left uninitialised (all zeros, or 1e7 garbage) fails here, so every test using it fails."""
+    g = torch.Generator().manual_seed(123)
+    size = bundle.image_size
+    pixels = bundle.preprocess(torch.rand(n_images, 3, size, size, generator=g))
+    tok = bundle.tokenizer
+    prefixes = torch.tensor([[tok.sot_id], [tok.sot_id]])
+    prefixes = torch.cat([prefixes, torch.tensor([[tok.vocab_size - 1], [tok.vocab_size - 2]])], dim=1)
+    with torch.no_grad():
+        out = [bundle.model(pixels, prefixes[i:i + 1].expand(n_images, -1), output_labels=False)["logits"][:, -1]
+               for i in range(2)]
+    for z in out:
+        assert torch.isfinite(z).all(), "CoCa logits are not finite"
+        assert float(z.abs().max()) < 1e3, "CoCa logits are huge (uninitialised projection?)"
+        assert float(z.std(dim=-1).min()) > 1e-2, "CoCa logits are constant over the vocabulary"
+        assert float((z - z.mean(dim=0)).abs().max()) > 1e-4, "CoCa logits do not depend on the image"
+    assert float((out[0] - out[1]).abs().max()) > 1e-4, "CoCa logits do not depend on the prefix"
+
+
+@pytest.fixture(scope="session")
+def tiny_coca():
+    """A random-init ``coca_tiny`` (seed 0, a 16-word vocabulary) checked by ``assert_live_coca``."""
+    from pseudo_ris.captioning import WordTokenizer, load_coca
+
+    torch.manual_seed(0)
+    bundle = load_coca("coca_tiny", tokenizer=WordTokenizer(CAPTION_WORDS, context_length=32))
+    assert_live_coca(bundle)
+    return bundle
+
+
 # ---------------------------------------------------------------------------------------------- RIS training data
 def make_tiny_ris_data(root: Path, n_train_images: int = 10, n_eval_images: int = 2, height: int = 24,
                        width: int = 32) -> dict:
