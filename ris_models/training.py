@@ -23,7 +23,7 @@ from ris_models.evaluation import dataset_label, evaluate_splits
 from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
 from ris_models.protocol import protocol_from_config
-from ris_models.registry import RISModel, build_model
+from ris_models.registry import RISModel, build_model, check_weight_sources
 from ris_models.run_state import resume_checkpoint
 
 LOGGERS = ("none", "csv", "wandb")
@@ -120,6 +120,8 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     protocol_from_config(cfg.get("eval"))  # a bad evaluation setting fails before any slow stage
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
+    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
+    check_weight_sources(str(cfg["model"]["name"]), bool(cfg.get("allow_download", False)), **model_cfg)
     data = resolve_data(cfg, generate_cfg)
     # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
     # change the model's initialisation or the data order
