@@ -160,6 +160,34 @@ def test_bert_hub_name_found_in_hugging_face_cache(offline, tmp_path):
     assert offline == []
 
 
+def test_generate_checks_tags_before_any_work(offline, tmp_path):
+    from pseudo_ris.generation import runner
+
+    cfg = {"stage": "all", "source": "folder", "image_dir": str(tmp_path / "no_such_folder"),
+           "generator": {"captioner": {"name": "coca_ViT-L-14", "pretrained": "mscoco_finetuned_laion2b_s13b_b90k"},
+                         "scorer": {"kind": "captioner"}}}
+    with pytest.raises(WeightsUnavailableError, match=r"generator\.captioner\.pretrained="):
+        runner.run(cfg)
+    cfg["generator"] = {"captioner": {"name": "coca_tiny", "pretrained": None},
+                        "scorer": {"kind": "open_clip", "name": "RN50", "pretrained": "openai"}}
+    with pytest.raises(WeightsUnavailableError, match=r"generator\.scorer\.pretrained="):
+        runner.run(cfg)
+    assert offline == []
+
+
+def test_train_checks_weight_sources_up_front(offline):
+    from ris_models.registry import check_weight_sources
+
+    with pytest.raises(WeightsUnavailableError, match=r"RN50/openai.*model\.pretrained="):
+        check_weight_sources("cris_r50", pretrained="openai")
+    with pytest.raises(WeightsUnavailableError, match=r"bert-base-uncased.*model\.bert_path="):
+        check_weight_sources("lavt_swin_b")  # the preset's default BERT is a hub name
+    check_weight_sources("lavt_tiny")  # random-init BERT and the shipped vocabulary: nothing to fetch
+    check_weight_sources("cris_tiny")
+    check_weight_sources("cris_r50", allow_download=True, pretrained="openai")  # opted in: the builder fetches
+    assert offline == []
+
+
 def test_configs_default_to_offline():
     for name in ("generate", "train", "evaluate"):
         cfg = yaml.safe_load((ROOT / "conf" / f"{name}.yaml").read_text())
