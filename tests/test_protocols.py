@@ -168,6 +168,22 @@ def test_every_protocol_scores_every_sentence():
         assert protocol(name).sentences == "all"
 
 
+def test_checkpoint_protocol_is_plain_and_old_checkpoints_load_as_project(tmp_path):
+    from ris_models.lit_module import RISLitModule, load_checkpoint
+    from ris_models.registry import build_model
+
+    lit = RISLitModule(build_model("cris_tiny", input_size=32), eval_protocol=protocol("lavt"))
+    assert lit.hparams["eval_protocol"] == protocol("lavt").as_dict()  # plain data in the checkpoint
+    assert lit.protocol.decision == "argmax" and lit.protocol.input_size == 32
+    # a checkpoint written before protocols existed: top-level threshold / eval_resolution hyper-parameters
+    ckpt = {"state_dict": lit.state_dict(), "hyper_parameters": {"lr": 1e-4, "threshold": 0.2,
+                                                                 "eval_resolution": "input"}}
+    lit.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = load_checkpoint(tmp_path / "old.ckpt").protocol
+    assert (old.name, old.threshold, old.score_at, old.precision_rule) == ("project", 0.2, "input", ">")
+
+
 # ------------------------------------------------------------------------------------- the 200 hand-made pairs
 def handmade_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
     """4 both empty, 4 empty prediction, 4 empty target, 20 at IoU exactly 0.5..0.9 (4 unions each: 10, 20, 60,
