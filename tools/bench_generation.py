@@ -140,7 +140,8 @@ def bench_coca(meter: Meter, device: Any, autocast: Callable, ns: list[int], bat
     import numpy as np
     import torch
 
-    from pseudo_ris.captioning import load_coca, next_token_probs, sample_categorical
+    from pseudo_ris.captioning import load_coca, next_token_probs
+    from pseudo_ris.captioning.decoding import sample_categorical
     from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper, precompute_cross_kv
     from pseudo_ris.crops import make_views
 
