@@ -7,6 +7,7 @@ same keys works (tests pass plain dicts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.locks import directory_lock
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
 from pseudo_ris.filtering.scorer import ClipScorer
@@ -216,6 +218,25 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     stage = cfg.get("stage", "all")
     if stage not in ("all", "generate", "filter"):
         raise GenerateConfigError(f"unknown stage {stage!r}; choose all, generate or filter")
+    with contextlib.ExitStack() as stack:
+        _lock_store(stack, cfg, stage)
+        return _run_locked(cfg, stage, on_image)
+
+
+def _lock_store(stack: contextlib.ExitStack, cfg: Mapping[str, Any], stage: str) -> None:
+    """One writer per store: ``stage=generate`` shares ``<out_dir>/.lock`` with the other shards and holds its own
+    shard's lock; ``all`` and ``filter`` (which read every shard and write the dataset) hold ``.lock`` alone."""
+    out_dir = Path(cfg["out_dir"]).expanduser()
+    purpose = "generate into (out_dir=...)"
+    if stage == "generate":
+        shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, shared=True))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, name=f".lock.shard{shard}of{num_shards}"))
+    else:
+        stack.enter_context(directory_lock(out_dir, purpose=purpose))
+
+
+def _run_locked(cfg: dict[str, Any], stage: str, on_image: Any) -> dict[str, Any]:
     source = build_image_source(cfg)
     out: dict[str, Any] = {}
     if stage in ("all", "generate"):
