@@ -2,8 +2,9 @@
 
 Lightning writes a checkpoint by truncating the file and streaming into it, so a full disk or a kill leaves a
 half-written ``last.ckpt`` that fails every later resume. `AtomicCheckpointIO` writes a temporary file in the same
-directory, fsyncs it and renames it over the old one; ``last.ckpt``'s previous version is kept as
-``last.prev.ckpt`` (a hard link, no copy) so a damaged ``last.ckpt`` still leaves a consistent state to resume from.
+directory, fsyncs it and renames it over the old one (``pseudo_ris.data.io.atomic_write_with``); the previous
+``last.ckpt`` is kept as ``last.prev.ckpt`` (a hard link, no copy), so a damaged ``last.ckpt`` still leaves a
+consistent state to resume from.
 A checkpoint that cannot be written raises `CheckpointWriteError` at once (path and OS error) instead of being
 noticed at the end of the run. Loading always uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.io import atomic_write_with
 
 #: checkpoint names whose previous version is kept next to them as ``<stem>.prev.ckpt``
 KEEP_PREVIOUS = ("last.ckpt",)
@@ -39,71 +40,41 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+def _keep_previous(path: Path) -> None:
+    """Hard-link the current ``path`` to `previous_path` (atomically replacing the older one)."""
+    tmp = path.with_name(f".{path.name}.prev.tmp")
+    tmp.unlink(missing_ok=True)
+    os.link(path, tmp)
+    os.replace(tmp, previous_path(path))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: bool = False) -> Path:
-    """``torch.save`` to a temp file in ``path``'s directory, fsync, rename; errors name the path.
+    """``torch.save`` through a temp file in ``path``'s directory (fsync, rename); errors name the path.
 
-    ``keep_previous``: hard-link the current ``path`` to `previous_path` first (atomically replacing it).
+    ``keep_previous``: first keep the current ``path`` as `previous_path` (if the write then fails, both names
+    hold the old checkpoint).
     """
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
         if keep_previous and path.is_file():
-            prev_tmp = f"{tmp}.prev"
-            os.link(path, prev_tmp)
-            os.replace(prev_tmp, previous_path(path))
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
+            _keep_previous(path)
+        return atomic_write_with(path, lambda handle: torch.save(obj, handle))
     except OSError as exc:
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror or exc} (errno {exc.errno}); "
                                    "free space or make the directory writable, then rerun the same command to "
                                    "resume") from exc
-    finally:
-        if tmp is not None:
-            for leftover in (tmp, f"{tmp}.prev"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
-    return path
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy a checkpoint file atomically (temp file + fsync + rename)."""
-    src, dst = Path(src), Path(dst)
-    tmp = None
+    def copy(handle) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, handle, 1 << 20)
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-        tmp = None
-        _fsync_dir(dst.parent)
+        return atomic_write_with(dst, copy)
     except OSError as exc:
         raise CheckpointWriteError(f"cannot write checkpoint {dst}: {exc.strerror or exc} (errno {exc.errno})") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

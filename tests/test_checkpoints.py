@@ -34,7 +34,7 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, 
     with pytest.raises(CheckpointWriteError, match=rf"cannot write checkpoint {path}: No space left on device"):
         atomic_torch_save({"step": 3}, path, keep_previous=True)
     assert path.read_bytes() == good and load_checkpoint_file(path) == {"step": 2}
-    assert load_checkpoint_file(previous_path(path)) == {"step": 1}
+    assert load_checkpoint_file(previous_path(path)) == {"step": 2}  # kept before the write: the old one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.prev.ckpt"]
 
 
