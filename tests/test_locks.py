@@ -51,9 +51,9 @@ def test_second_writer_is_refused_with_the_holders_pid_and_command(held_dir, tin
     from pseudo_ris.synthref.build import build_synthref
 
     with pytest.raises(DirectoryInUse, match=f"pid {pid}"):
-        run({"out_dir": str(target), "stage": "all"})
+        run({"out_dir": str(target), "stage": "all", "allow_download": True})
     with pytest.raises(DirectoryInUse, match=f"pid {pid}"):
-        run({"out_dir": str(target), "stage": "generate", "shard": 1, "num_shards": 2})
+        run({"out_dir": str(target), "stage": "generate", "shard": 1, "num_shards": 2, "allow_download": True})
     with pytest.raises(DirectoryInUse, match=f"pid {pid}"):
         build_synthref(target, num_images=2, pool_images=1, progress=False)
     assert sorted(p.name for p in target.iterdir()) == [".lock"]

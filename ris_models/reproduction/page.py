@@ -11,7 +11,7 @@ from pseudo_ris.data.io import atomic_write_text
 from pseudo_ris.data.plain import to_plain as _plain
 from ris_models.reproduction.execute import RunRecord, execute
 from ris_models.reproduction.figures import FIGURE_CAPTIONS, make_plots
-from ris_models.reproduction.plan import Plan, planned_runs
+from ris_models.reproduction.plan import STORES, Plan, planned_runs
 from ris_models.reproduction.statistics import claims_section, results_table
 
 def quality_section(plan: Plan) -> str:
@@ -20,7 +20,7 @@ def quality_section(plan: Plan) -> str:
 
     parts = []
     truth = GroundTruth.from_root(plan.data_root)
-    for masks in ("sam", "gt"):
+    for masks in STORES:
         store = plan.out_dir / "generate" / masks
         if not (store / "reproduce_done.json").is_file():
             continue

@@ -25,10 +25,17 @@ class ReproduceConfigError(PseudoRISError):
 class Row:
     label: str
     kind: str                 # zero_shot | pseudo | human | mixed
-    store: str | None = None  # sam | gt (pseudo-label store / zero-shot mask source)
+    store: str | None = None  # a key of STORES (pseudo-label store / zero-shot mask source)
     variant: str | None = None
     ratio: float = 1.0
 
+
+#: candidate stores a row can draw from: name -> overrides of conf/generate.yaml
+STORES: dict[str, tuple[str, ...]] = {
+    "sam": ("masks=sam",),
+    "gt": ("masks=gt",),
+    "sam_spatial": ("masks=sam", "spatial.enabled=true"),  # + location / size phrases (beyond the paper)
+}
 
 ROWS: dict[str, Row] = {
     "zero_shot": Row("zero-shot: SAM masks ranked by the CLIP scorer", "zero_shot", store="sam"),
@@ -37,6 +44,7 @@ ROWS: dict[str, Row] = {
     "distinctive": Row("pseudo: + distinctive sampling (no filter)", "pseudo", "sam", "beam_distinctive"),
     "full": Row("pseudo: + DoC filtering (full method)", "pseudo", "sam", "full"),
     "full_gt": Row("pseudo, GT masks (`masks=gt`), full method", "pseudo", "gt", "full"),
+    "full_spatial": Row("pseudo: full method + spatial phrases", "pseudo", "sam_spatial", "full"),
     "human_100": Row("human 100 %", "human", ratio=1.0),
     "human_10": Row("human 10 %", "human", ratio=0.1),
     "mixed_10": Row("human 10 % + pseudo (full)", "mixed", "sam", "full", ratio=0.1),

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from pseudo_ris.data.io import atomic_write_json
 from ris_models.reproduction.figures import metrics_files
-from ris_models.reproduction.plan import ROWS, Plan, Row, _q, compose, run_dir
+from ris_models.reproduction.plan import ROWS, STORES, Plan, Row, _q, compose, run_dir
 
 PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: true}, "
                   "{kind: topk, value: 7, distinctive: true}, {kind: topk, value: 9, distinctive: true}, "
@@ -24,9 +24,10 @@ PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: 
                   "{kind: topk, value: 13}, {kind: topp, value: 0.5}, {kind: topp, value: 0.7}]")
 
 
-def generate_config(plan: Plan, masks: str) -> dict:
-    out = plan.out_dir / "generate" / masks
-    overrides = [_q("data_root", plan.data_root), f"masks={masks}", _q("out_dir", out), _q("out_root", out),
+def generate_config(plan: Plan, store: str) -> dict:
+    """``conf/generate.yaml`` for one candidate store of the plan (``STORES``), written under ``generate/<store>``."""
+    out = plan.out_dir / "generate" / store
+    overrides = [_q("data_root", plan.data_root), *STORES[store], _q("out_dir", out), _q("out_root", out),
                  _q("cache_dir", plan.cache_dir), f"device={plan.device}", *plan.generate_overrides]
     if plan.gen_max_images is not None:
         overrides.append(f"max_images={int(plan.gen_max_images)}")

@@ -64,6 +64,7 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("both together help (full method vs beam search only)", "full", "beam", "seen"),
     ("10 % human + pseudo > 10 % human alone", "mixed_10", "human_10", "seen"),
     ("pseudo labels beat human supervision on unseen concepts", "full", "human_100", "unseen"),
+    ("spatial phrases help (full method with vs without them)", "full_spatial", "full", "seen"),
 )
 
 
