@@ -246,9 +246,9 @@ def _finish(trainer: L.Trainer, checkpoint: ModelCheckpoint | None, output_dir: 
     """
     ckpt_dir = output_dir / "checkpoints"
     trainer.save_checkpoint(ckpt_dir / "last.ckpt")
-    if not trainer.is_global_zero:
-        return
-    if not (checkpoint and checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file()):
-        atomic_copy(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
-        print("no validation ran: best.ckpt is a copy of the final last.ckpt")
-    mark_finished(output_dir, {"global_step": trainer.global_step, "epoch": trainer.current_epoch})
+    if trainer.is_global_zero:
+        if not (checkpoint and checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file()):
+            atomic_copy(ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt")
+            print("no validation ran: best.ckpt is a copy of the final last.ckpt")
+        mark_finished(output_dir, {"global_step": trainer.global_step, "epoch": trainer.current_epoch})
+    trainer.strategy.barrier("finished")  # other ranks evaluate best.ckpt next: it must exist
