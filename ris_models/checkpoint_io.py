@@ -85,9 +85,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle, disallowed global, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = str(exc).strip().splitlines()[0].split(". ")[0][:200] if str(exc).strip() else ""
         raise CheckpointReadError(f"cannot read checkpoint {path} (truncated or not a checkpoint: "
-                                  f"{type(exc).__name__}: {first[:200]})") from exc
+                                  f"{type(exc).__name__}: {first})") from exc
     if not isinstance(checkpoint, dict):
         raise CheckpointReadError(f"{path} is not a checkpoint (it holds a {type(checkpoint).__name__})")
     return checkpoint

@@ -103,8 +103,8 @@ def readable_checkpoint(last: Path) -> tuple[Path, str | None]:
         try:
             load_checkpoint_file(prev)
         except CheckpointReadError:
-            raise CheckpointReadError(f"{exc}. It cannot be resumed and no readable {prev.name} is kept: delete it "
-                                      "and rerun with resume=never to start afresh, or pass ckpt_path=<another "
+            raise CheckpointReadError(f"{exc}; no readable {prev.name} is kept either: rerun with resume=never to "
+                                      "start afresh (it deletes the checkpoints), or pass ckpt_path=<another "
                                       "checkpoint>") from None
         return prev, f"{last} is unreadable ({exc}); resuming from the previous checkpoint {prev}"
 
