@@ -228,6 +228,7 @@ def test_lavt_tiny_trains_and_evaluates(tiny_ris_data, tmp_path):
                            "epochs=1", "limit_eval=4", "logger=none", "num_overlays=0"))
     assert out["global_step"] == 3
     assert set(out["results"]) == {"val", "testA"} and out["results"]["val"]["n"] == 4
-    assert out["best_ckpt"] is None  # stopped before the first validation: the final evaluation used last.ckpt
+    # stopped before the first validation: best.ckpt is the final last.ckpt, so evaluating <run>/best.ckpt works
+    assert Path(out["best_ckpt"]).read_bytes() == Path(out["last_ckpt"]).read_bytes()
     ckpt = torch.load(out["last_ckpt"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["ris_model"]["model_type"] == "lavt" and ckpt["ris_model"]["vocab_text"]
