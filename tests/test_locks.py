@@ -63,7 +63,7 @@ def test_train_cli_second_writer_exits_2_with_one_line(held_dir, tiny_ris_data):
     target, pid = held_dir
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), f"output_dir={target}",
                            f"data_root={tiny_ris_data['data_root']}", f"dataset.name={tiny_ris_data['dataset']}"],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
