@@ -243,7 +243,10 @@ def test_lavt_cut_drops_sep_of_long_expressions_like_the_official_code(tmp_path)
 
 
 def test_lavt_presets_cut_like_the_official_code_by_default():
-    from ris_models.registry import build_model
+    from ris_models.registry import MODEL_REGISTRY, build_model
+
+    for name in ("lavt_swin_b", "lavt_tiny"):
+        assert MODEL_REGISTRY[name]["keep_sep"] is False and MODEL_REGISTRY[name]["bert_dropout"] is False
 
     model = build_model("lavt_tiny")
     ids = model.tokenize([" ".join(["red"] * 30)])["input_ids"][0]
