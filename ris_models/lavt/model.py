@@ -50,6 +50,7 @@ class LAVTModel(RISModel):
         bert_dropout: bool = False,
         keep_sep: bool = False,
         load_pretrained: bool = True,
+        allow_download: bool = False,
     ) -> None:
         super().__init__()
         self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
@@ -57,10 +58,11 @@ class LAVTModel(RISModel):
 
         if bert_path is not None:
             check_bert_path(bert_path)
-        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, keep_sep)
+        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, keep_sep, allow_download)
         if bert_path is None and bert_config is not None and "vocab_size" not in bert_config:
             bert_config = {**bert_config, "vocab_size": self.tokenizer.vocab_size}  # size the embedding to the vocab
-        self.text_encoder = build_bert(bert_path, bert_config, load_weights=load_pretrained)
+        self.text_encoder = build_bert(bert_path, bert_config, load_weights=load_pretrained,
+                                       allow_download=allow_download)
         vocab = self.text_encoder.config.vocab_size
         if self.tokenizer.vocab_size > vocab:
             raise ModelConfigError(f"tokenizer has {self.tokenizer.vocab_size} tokens but BERT's vocabulary is {vocab}")
@@ -135,13 +137,14 @@ class LAVTModel(RISModel):
 
 
 def _build_tokenizer(bert_path: str | None, vocab_file: str | None, max_tokens: int,
-                     keep_sep: bool) -> WordPieceTokenizer:
+                     keep_sep: bool, allow_download: bool = False) -> WordPieceTokenizer:
     """An explicit vocab file wins, else the BERT directory's vocab.txt. Never a silent fallback: token ids must
     match the ones the text encoder was trained with."""
     if vocab_file is not None:
         return WordPieceTokenizer(resolve_asset(vocab_file), max_length=max_tokens, keep_sep=keep_sep)
     if bert_path is not None:
-        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens, keep_sep=keep_sep)
+        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens, keep_sep=keep_sep,
+                                                  allow_download=allow_download)
     raise ModelConfigError(
         "LAVT needs a vocabulary: give bert_path=<BERT directory> or vocab_file=<vocab.txt> "
         f"(e.g. the shipped {ASSETS_DIR.name}/synthref_wordpiece.txt)"
