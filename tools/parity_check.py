@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from pseudo_ris.data.errors import PseudoRISError
 
 
-def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = None) -> list[str]:
+def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = None,
+               dtype: str = "float32") -> list[str]:
     """LAVT-RIS vs ``lavt_swin_b``: stage-wise and logits differences at ``size`` px; lines to print."""
     from ris_models.official.lavt_reference import check_lavt as run, record_lavt_fixtures
 
-    lines = run(root, size=size, seed=seed)
+    lines = run(root, size=size, seed=seed, dtype=dtype)
     if record is not None:
         lines += [f"wrote {p}" for p in record_lavt_fixtures(root, Path(record))]
     return lines
@@ -43,7 +44,8 @@ def main(cfg: DictConfig) -> None:
     try:
         if cfg.lavt_root is not None:
             record = None if cfg.lavt_record is None else to_absolute_path(str(cfg.lavt_record))
-            for line in check_lavt(to_absolute_path(str(cfg.lavt_root)), int(cfg.lavt_size), int(cfg.seed), record):
+            for line in check_lavt(to_absolute_path(str(cfg.lavt_root)), int(cfg.lavt_size), int(cfg.seed), record,
+                                   str(cfg.lavt_dtype)):
                 print(line)
         if cfg.cris_root is not None:
             for preset in ("cris_r50", "cris_r101"):

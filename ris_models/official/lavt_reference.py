@@ -105,13 +105,20 @@ def _inputs(size: int, seed: int, vocab: int = 30522) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def check_lavt(root: str | Path, size: int = 480, seed: int = 0) -> list[str]:
-    """Max |official - ours| per encoder stage, for the stride-4 logits and the full-size logits (argmax too)."""
+def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "float32") -> list[str]:
+    """Max |official - ours| per encoder stage, for the stride-4 logits and the full-size logits (argmax too).
+
+    ``dtype="float64"`` runs both models in double precision: differences that are float32 rounding vanish there.
+    """
+    if dtype not in ("float32", "float64"):
+        raise CheckpointImportError(f"lavt_dtype={dtype!r}; choose float32 or float64")
     with official_lavt(root) as ref:
         model, bert = build_official_swin_b(ref, seed)
     state, dropped = convert_lavt_state({"model": model.state_dict(), "bert_model": bert.state_dict()})
     ours = build_ours_swin_b(state)
     images, ids, mask = _inputs(size, seed)
+    if dtype == "float64":
+        model, bert, ours, images = model.double(), bert.double(), ours.double(), images.double()
     words = bert(ids, attention_mask=mask)[0]
     feats = model.backbone(images, words.permute(0, 2, 1), mask.unsqueeze(-1))
     low = model.classifier(*reversed(feats))
@@ -120,7 +127,7 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0) -> list[str]:
     our_feats = ours.encoder(images, our_words, mask)
     our_low = ours.decoder(our_feats)
     our_full = F.interpolate(our_low, size=(size, size), mode="bilinear", align_corners=True)
-    lines = [f"LAVT-RIS {_commit(root)} vs lavt_swin_b at {size} px (CPU float32, random init, batch 2; "
+    lines = [f"LAVT-RIS {_commit(root)} vs lavt_swin_b at {size} px (CPU {dtype}, random init, batch 2; "
              f"{len(state)} tensors mapped, {len(dropped)} dropped)",
              f"  BERT words          max|diff| {(words - our_words).abs().max().item():.3g}"]
     for i, (a, b) in enumerate(zip(feats, our_feats)):
