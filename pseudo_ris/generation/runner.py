@@ -150,7 +150,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     allow_download = bool(cfg.get("allow_download", False))
     bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
-    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
+    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=dec.get("batch_size", 256),
+                              precision=str(dec.get("precision", "fp32")),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
     sc = gen["scorer"]
     if sc["kind"] == "captioner":
