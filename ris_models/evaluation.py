@@ -158,7 +158,9 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
     from ris_models.lit_module import load_checkpoint
     from ris_models.prepare import resolve_data
     from ris_models.training import build_trainer
+    from ris_models.validation import check_evaluate_config
 
+    check_evaluate_config(cfg)  # options and the checkpoint file, before any data is built
     overrides = {k: cfg.get(k) for k in ("threshold", "eval_resolution", "num_overlays") if cfg.get(k) is not None}
     ckpt = Path(str(cfg["ckpt"])).expanduser()
     lit = load_checkpoint(ckpt, **overrides)

@@ -24,6 +24,7 @@ from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
 from ris_models.registry import RISModel, build_model
 from ris_models.run_state import resume_checkpoint
+from ris_models.validation import check_train_config
 
 LOGGERS = ("none", "csv", "wandb")
 
@@ -115,6 +116,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
 
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
+    check_train_config(cfg)  # every option that needs no data, before anything is built, generated or written
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
     data = resolve_data(cfg, generate_cfg)

@@ -13,13 +13,12 @@ See conf/generate.yaml for every option.
 from __future__ import annotations
 
 import os
-import sys
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from pseudo_ris.generation.runner import format_summary, run
 
 _PATH_KEYS = ("data_root", "image_dir", "out_dir", "out_root", "cache_dir")
@@ -50,11 +49,8 @@ def main(cfg: DictConfig) -> None:
         for key in ("checkpoint", "detections"):
             if (params.get(group) or {}).get(key) not in (None, "", "shipped"):
                 params[group][key] = to_absolute_path(str(params[group][key]))
-    try:
+    with user_errors():
         summary = run(params)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
     print(format_summary(summary))
 
 

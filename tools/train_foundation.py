@@ -16,6 +16,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from pseudo_ris.cli import user_errors
+from pseudo_ris.validation import check_choice, check_int, check_writable_dir
+
 CONF = Path(__file__).resolve().parents[1] / "conf" / "foundation.yaml"
 ConfigStore.instance().store(name="foundation_cli", node=OmegaConf.load(CONF))
 
@@ -24,15 +27,17 @@ ConfigStore.instance().store(name="foundation_cli", node=OmegaConf.load(CONF))
 def main(cfg: DictConfig) -> None:
     from pseudo_ris.foundation import evaluate_coca, evaluate_sam, train_coca, train_sam
 
-    torch.set_num_threads(int(cfg.threads))
-    if cfg.model not in ("sam", "coca"):
-        raise SystemExit(f"model must be sam or coca, got {cfg.model!r}")
-    section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
-    if cfg.steps is not None:
-        section["steps"] = int(cfg.steps)
-    out = Path(hydra.utils.to_absolute_path(str(cfg.out)))
-    train = train_sam if cfg.model == "sam" else train_coca
-    path = train(section, out_dir=out, progress=bool(cfg.progress))
+    with user_errors():
+        check_choice(cfg.model, "model", ("sam", "coca"))
+        check_int(cfg.threads, "threads", minimum=1)
+        check_int(cfg.steps, "steps", minimum=1, allow_none=True)
+        out = check_writable_dir(Path(hydra.utils.to_absolute_path(str(cfg.out))), "out")
+        torch.set_num_threads(int(cfg.threads))
+        section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
+        if cfg.steps is not None:
+            section["steps"] = int(cfg.steps)
+        train = train_sam if cfg.model == "sam" else train_coca
+        path = train(section, out_dir=out, progress=bool(cfg.progress))
     print(f"weights: {path}")
     if cfg.evaluate:
         evaluate = evaluate_sam if cfg.model == "sam" else evaluate_coca

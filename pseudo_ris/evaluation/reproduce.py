@@ -685,6 +685,42 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
     return page
 
 
+DEFAULT_OUT_DIR = "outputs/reproduce"
+DEFAULT_RESULTS_MD = "docs/results.md"
+TRAINERS = ("cpu", "gpu", "ddp", "default")
+
+
+def results_page_path(cfg: Mapping[str, Any]) -> Path:
+    """``results_md``, or by default: the repository's docs/results.md for the default ``out_dir`` (the command in
+    the README), else ``<out_dir>/results.md``, so that another reproduction never overwrites the tracked page."""
+    if cfg.get("results_md"):
+        return Path(str(cfg["results_md"])).expanduser()
+    out_dir = str(cfg.get("out_dir") or DEFAULT_OUT_DIR)
+    if Path(out_dir).expanduser() == Path(DEFAULT_OUT_DIR):
+        return Path(DEFAULT_RESULTS_MD)
+    return Path(out_dir).expanduser() / "results.md"
+
+
+def check_reproduce_options(cfg: Mapping[str, Any]) -> None:
+    """The options that can be checked before SynthRef is built or any run starts (`OptionError` / config error)."""
+    from pseudo_ris.validation import check_choice, check_device, check_int, check_writable_dir
+
+    if cfg.get("profile") not in (cfg.get("profiles") or {}):
+        raise ReproduceConfigError(f"profile={cfg.get('profile')!r} is not one of "
+                                   f"{', '.join(sorted(cfg.get('profiles') or {}))}")
+    trainer = check_choice(str(cfg.get("trainer") or "cpu"), "trainer", TRAINERS)
+    if trainer == "gpu":
+        check_device("cuda", "trainer=gpu: device")
+    check_device(cfg.get("device") or "cpu")
+    check_int(cfg.get("threads", 1), "threads", minimum=1)
+    check_writable_dir(cfg.get("out_dir") or DEFAULT_OUT_DIR, "out_dir")
+    check_writable_dir(Path(str(cfg["results_md"])).expanduser().parent, "results_md (its directory)")
+    if cfg.get("data_root"):
+        from pseudo_ris.validation import check_existing_dir
+
+        check_existing_dir(cfg["data_root"], "data_root")
+
+
 def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py",
               progress: Callable[[str], None] = print) -> Path:
     """Run (or resume) the whole reproduction of ``cfg`` and write the results page; returns its path."""
@@ -692,7 +728,9 @@ def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py"
 
     from ris_models.prepare import synthref_root
 
-    cfg = _plain(cfg)
+    cfg = dict(_plain(cfg))
+    cfg["results_md"] = str(results_page_path(cfg))
+    check_reproduce_options(cfg)  # before SynthRef is built or any run starts
     torch.set_num_threads(int(cfg.get("threads", 1)))
     start = time.perf_counter()
     data_root = (Path(str(cfg["data_root"])).expanduser() if cfg.get("data_root")
@@ -700,6 +738,10 @@ def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py"
     plan = Plan.from_cfg(cfg, data_root)
     progress(f"reproduction profile={plan.profile}: {len(planned_runs(plan))} runs, output {plan.out_dir}")
     records = execute(plan, progress, report_only=bool(cfg.get("report_only", False)))
+    if cfg.get("report_only") and not any(r.result is not None for r in records):
+        raise ReproduceConfigError(f"report_only=true: no finished run under {plan.out_dir}; {plan.results_md} "
+                                   "was not written (run without report_only first, or point out_dir at a "
+                                   "reproduction's output)")
     page = write_results_page(plan, records, command, time.perf_counter() - start)
     progress(f"wrote {page}")
     return page

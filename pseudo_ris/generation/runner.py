@@ -26,6 +26,7 @@ from pseudo_ris.generation.store import CandidateStore, load_all
 from pseudo_ris.generation.writer import filter_store
 from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 from pseudo_ris.data.plain import to_plain as _plain
+from pseudo_ris.validation import check_generate_options
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,9 @@ def filter_stage(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
 def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     """Run ``cfg['stage']`` (``all`` | ``generate`` | ``filter``); returns the summary dict."""
     cfg = _plain(cfg)
+    check_generate_options(cfg)  # every option that needs no images or models, before anything is written
     torch.set_num_threads(int(cfg.get("threads", 1)))
     stage = cfg.get("stage", "all")
-    if stage not in ("all", "generate", "filter"):
-        raise GenerateConfigError(f"unknown stage {stage!r}; choose all, generate or filter")
     source = build_image_source(cfg)
     out: dict[str, Any] = {}
     if stage in ("all", "generate"):

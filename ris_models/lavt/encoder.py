@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from ris_models.lavt.pwam import PWAM, LanguageGate
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.safe_load import load_torch_file
 from ris_models.registry import ModelConfigError
 
 
@@ -74,7 +76,10 @@ def _load_swin_weights(swin: nn.Module, path: str) -> None:
             f"Swin checkpoint file not found: {file} (LAVT initialises Swin-B from ImageNet-22K weights, e.g. "
             f"swin_base_patch4_window12_384_22k.pth; give its local path or swin_pretrained=None)"
         )
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    try:
+        state = load_torch_file(file, what="Swin checkpoint")
+    except PseudoRISError as exc:
+        raise ModelConfigError(str(exc)) from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
