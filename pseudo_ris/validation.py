@@ -148,10 +148,9 @@ def check_generate_options(cfg: Mapping[str, Any]) -> None:
     for key in ("data_root", "image_dir"):
         if cfg.get(key) is not None:
             check_existing_dir(cfg[key], key)
-    if cfg.get("out_dir") is not None:
-        check_writable_dir(cfg["out_dir"], "out_dir")
-    if cfg.get("out_root") is not None:
-        check_writable_dir(cfg["out_root"], "out_root")
+    for key in ("out_dir", "out_root"):
+        if cfg.get(key) not in (None, "", "auto"):  # unset: a folder per setup under outputs/generate/
+            check_writable_dir(cfg[key], key)
 
     sam = _section(cfg, "sam")
     if sam:

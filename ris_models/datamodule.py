@@ -33,8 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from pseudo_ris.data.errors import PseudoRISError, ReferDataError
 from pseudo_ris.data.refer import ReferDataset
+from pseudo_ris.data.sources import open_dataset
 
-from .transforms import RESIZE_MODES, ResizeMeta, resize_image, resize_mask, resize_meta, swap_left_right
+from .eval_transforms import prepare_eval_sample
+from .protocol import EVAL_RESIZE_MODES, TARGET_RESIZES
+from .transforms import RESIZE_MODES, resize_image, resize_mask, resize_meta, swap_left_right
 
 MODES = ("human", "pseudo", "mixed")
 
@@ -135,7 +138,8 @@ class RISEvalDataset(Dataset):
     """Every (ref, sentence) pair of one split; keeps the original-size mask for scoring at full resolution."""
 
     def __init__(self, ds: ReferDataset, split: str, input_size: int, image_mean: Sequence[float],
-                 image_std: Sequence[float], resize_mode: str = "letterbox", limit: int | None = None) -> None:
+                 image_std: Sequence[float], resize_mode: str = "letterbox", limit: int | None = None,
+                 target_resize: str = "bilinear") -> None:
         self.ds = ds
         self.split = split
         self.samples = ds.samples(split)
@@ -146,6 +150,7 @@ class RISEvalDataset(Dataset):
         self.input_size = int(input_size)
         self.mean, self.std = tuple(image_mean), tuple(image_std)
         self.resize_mode = resize_mode
+        self.target_resize = target_resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -154,12 +159,12 @@ class RISEvalDataset(Dataset):
         s = self.samples[index]
         image = self.ds.load_image(s.image_id)
         mask = self.ds.ann_mask(s.ann_id)
-        meta = resize_meta(image.shape[0], image.shape[1], self.input_size, self.resize_mode)
+        # image, input-resolution target ("mask") and "meta" as the evaluation protocol says
+        sample = prepare_eval_sample(image, mask, self.resize_mode, self.input_size, self.mean, self.std,
+                                     self.target_resize)
         return {
-            "image": resize_image(image, meta, self.input_size, self.mean, self.std),
-            "mask": resize_mask(mask, meta, self.input_size),  # input-resolution target
+            **sample,
             "orig_mask": torch.from_numpy(mask),  # original-resolution target (default scoring)
-            "meta": meta.as_dict(),
             "sentence": s.sentence,
             "ref_id": s.ref_id,
             "sent_id": s.sent_id,
@@ -195,6 +200,8 @@ class RISDataModule(L.LightningDataModule):
         eval_splits: splits of the final evaluation (``None``: every split except ``train``).
         input_size, image_mean, image_std: from the model (``model.input_size`` etc.).
         resize_mode: ``letterbox`` or ``stretch``; hflip_prob: flip probability (words swapped too; 0 = off).
+        eval_resize_mode, target_resize: evaluation geometry from the evaluation protocol
+            (``ris_models.protocol``; ``eval_resize_mode=None``: as ``resize_mode``).
         subset_seed: seed of the ratio sampling (independent of the training seed on purpose: same subset
             across training seeds unless changed).
         limit_eval: evaluate at most this many sentences per split (quick checks; ``None`` = all).
@@ -206,12 +213,18 @@ class RISDataModule(L.LightningDataModule):
                  train_split: str = "train", val_splits: Sequence[str] | None = ("val",),
                  eval_splits: Sequence[str] | None = None, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 0, resize_mode: str = "letterbox", hflip_prob: float = 0.0,
-                 subset_seed: int = 0, limit_eval: int | None = None) -> None:
+                 subset_seed: int = 0, limit_eval: int | None = None, eval_resize_mode: str | None = None,
+                 target_resize: str = "bilinear") -> None:
         super().__init__()
         if mode not in MODES:
             raise DataConfigError(f"unknown data mode {mode!r}; expected one of {MODES}")
         if resize_mode not in RESIZE_MODES:
             raise DataConfigError(f"unknown resize_mode {resize_mode!r}; expected one of {RESIZE_MODES}")
+        if eval_resize_mode is not None and eval_resize_mode not in EVAL_RESIZE_MODES:
+            raise DataConfigError(f"unknown eval resize mode {eval_resize_mode!r}; expected one of "
+                                  f"{EVAL_RESIZE_MODES}")
+        if target_resize not in TARGET_RESIZES:
+            raise DataConfigError(f"unknown target_resize {target_resize!r}; expected one of {TARGET_RESIZES}")
         if not 0.0 <= float(hflip_prob) <= 1.0:
             raise DataConfigError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
         self.ratio = check_ratio(ratio)
@@ -233,6 +246,8 @@ class RISDataModule(L.LightningDataModule):
         self.hflip_prob = float(hflip_prob)
         self.subset_seed = int(subset_seed)
         self.limit_eval = limit_eval
+        self.eval_resize_mode = eval_resize_mode or resize_mode  # the evaluation protocol's (default: training's)
+        self.target_resize = target_resize
         self._human: ReferDataset | None = None
         self._pseudo: ReferDataset | None = None
         self._train: RISTrainDataset | None = None
@@ -244,7 +259,9 @@ class RISDataModule(L.LightningDataModule):
     @property
     def human_dataset(self) -> ReferDataset:
         if self._human is None:
-            self._human = ReferDataset(self.data_root, self.dataset_name, split_by=self.split_by)
+            # which files a multi-file source (VGPhraseCut, evaluation only) reads; REFER files hold every split
+            splits = list(dict.fromkeys([*(self._val_splits or []), *(self._eval_splits or [])])) or None
+            self._human = open_dataset(self.data_root, self.dataset_name, split_by=self.split_by, splits=splits)
         return self._human
 
     @property
@@ -283,14 +300,20 @@ class RISDataModule(L.LightningDataModule):
         if self._train is None:
             sources = [self.human_dataset if self.mode != "pseudo" else None,
                        self.pseudo_dataset if self.mode != "human" else None]
-            self._train = RISTrainDataset(sources, self.train_refs(), self.input_size, self.image_mean,
+            items = self.train_refs()
+            for index, ds in enumerate(sources):  # a missing image fails here, not mid-epoch
+                if ds is not None:
+                    ds.check_image_files(ds.refs_by_id[i.ref_id] for i in items if i.source == index)
+            self._train = RISTrainDataset(sources, items, self.input_size, self.image_mean,
                                           self.image_std, self.resize_mode, self.hflip_prob)
         return self._train
 
     def eval_dataset(self, split: str) -> RISEvalDataset:
         if split not in self._eval:
+            self.human_dataset.check_image_files(self.human_dataset.refs_in_split(split))
             self._eval[split] = RISEvalDataset(self.human_dataset, split, self.input_size, self.image_mean,
-                                               self.image_std, self.resize_mode, self.limit_eval)
+                                               self.image_std, self.eval_resize_mode, self.limit_eval,
+                                               self.target_resize)
         return self._eval[split]
 
     # ------------------------------------------------------------------------------------------- loaders

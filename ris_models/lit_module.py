@@ -4,9 +4,10 @@
   ``lr_t = lr * (1 - t / T) ** 0.9`` stepped every optimiser step, as CRIS and LAVT do.
 * Validation: one ``RISMetrics`` per validation split, logged as ``<split>/mIoU``, ``<split>/oIoU`` (and P@X);
   ``val/oIoU`` selects checkpoints. Test: ``test/<split>/<metric>``, results kept in ``test_results``.
-* Predictions are ``model.foreground_prob(...) > threshold`` (threshold: the model's default, e.g. 0.35 for CRIS,
-  unless set), warped back to the original image size (``eval_resolution="original"``, CRIS protocol) or scored
-  against the resized mask at input size (``"input"``, LAVT protocol); DESIGN 5.
+* Predictions and scoring follow the evaluation protocol (``eval_protocol``, the ``eval`` config group, see
+  ``ris_models.protocol``): by default (``eval=project``) ``model.foreground_prob(...) > threshold`` (the model's
+  default threshold, e.g. 0.35 for CRIS, unless set), warped back to the original image size; ``eval=lavt`` and
+  ``eval=cris`` reproduce the official test pipelines.
 * Checkpoints carry ``ris_model = {name, model_type, config}`` so ``load_checkpoint`` rebuilds the network without
   any Hydra config, and loading into a different architecture fails with a clear message instead of a wall of
   state-dict mismatches.
@@ -15,18 +16,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.safe_load import UnreadableFileError, UnsafeFileError, load_torch_file
+from ris_models.eval_transforms import logits_to_masks
 from ris_models.metrics import RISMetrics, metrics_to_floats
+from ris_models.protocol import EvalProtocol, legacy_protocol, protocol_from_config
 from ris_models.registry import RISModel, build_model
-from ris_models.transforms import warp_back
 
-EVAL_RESOLUTIONS = ("original", "input")
 # Constructor arguments that only say where initial weights come from; they do not change the architecture.
 _WEIGHT_SOURCE_KEYS = ("pretrained", "bert_path", "swin_pretrained")
 
@@ -49,18 +50,16 @@ class RISLitModule(L.LightningModule):
     """Train/validate/test wrapper; see the module docstring."""
 
     def __init__(self, model: RISModel, lr: float = 1e-4, weight_decay: float = 0.01, poly_power: float = 0.9,
-                 threshold: float | None = None, eval_resolution: str = "original",
+                 eval_protocol: Mapping[str, Any] | EvalProtocol | None = None,
                  val_splits: Sequence[str] = ("val",), num_overlays: int = 0, data_info: dict | None = None) -> None:
         super().__init__()
-        if eval_resolution not in EVAL_RESOLUTIONS:
-            raise ValueError(f"eval_resolution must be one of {EVAL_RESOLUTIONS}, got {eval_resolution!r}")
+        self.eval_protocol = protocol_from_config(eval_protocol)  # as configured (None settings: see .protocol)
+        eval_protocol = self.eval_protocol.as_dict()  # hyper-parameters hold plain data only
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.lr, self.weight_decay, self.poly_power = float(lr), float(weight_decay), float(poly_power)
-        self.threshold = float(model.default_threshold if threshold is None else threshold)
-        self.eval_resolution = eval_resolution
         self.val_splits = list(val_splits)
-        self.val_metrics = torch.nn.ModuleList([RISMetrics() for _ in self.val_splits])
+        self.val_metrics = torch.nn.ModuleList([self._new_metric() for _ in self.val_splits])
         self.num_overlays = int(num_overlays)
         self.data_info = dict(data_info or {})
         self.test_splits: list[str] = []
@@ -79,15 +78,24 @@ class RISLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["sentence"]))
         return loss
 
+    @property
+    def protocol(self) -> EvalProtocol:
+        """The evaluation protocol with every ``None`` filled (threshold, resize mode, input size)."""
+        return self.eval_protocol.resolved(threshold=self.model.default_threshold,
+                                           resize_mode=self.data_info.get("resize_mode", "letterbox"),
+                                           input_size=self.model.input_size)
+
+    def _new_metric(self) -> RISMetrics:
+        return RISMetrics(self.eval_protocol.thresholds, rules=self.eval_protocol.rules)
+
     @torch.no_grad()
     def predict_masks(self, batch: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Boolean predictions and targets, at original (default) or input resolution."""
+        """Boolean predictions and targets at the protocol's scoring resolution (original size by default)."""
         logits = self(batch["image"], batch["sentence"])
-        size = tuple(batch["image"].shape[-2:])
-        prob = self.model.foreground_prob(logits, size=size).float()
-        if self.eval_resolution == "input":
-            return list(prob > self.threshold), list(batch["mask"].bool())
-        preds = [warp_back(p, meta) > self.threshold for p, meta in zip(prob, batch["meta"])]
+        protocol = self.protocol
+        preds = logits_to_masks(self.model, logits, batch["meta"], protocol, tuple(batch["image"].shape[-2:]))
+        if protocol.score_at == "input":
+            return preds, list(batch["mask"].to(self.device).bool())
         return preds, [m.to(self.device).bool() for m in batch["orig_mask"]]
 
     def _eval_step(self, batch: dict[str, Any], metric: RISMetrics, split: str | None) -> None:
@@ -118,7 +126,7 @@ class RISLitModule(L.LightningModule):
     def set_test_splits(self, splits: Sequence[str]) -> None:
         """Splits that ``trainer.test`` will see, in dataloader order (one metric each)."""
         self.test_splits = list(splits)
-        self.test_metrics = torch.nn.ModuleList([RISMetrics() for _ in self.test_splits]).to(self.device)
+        self.test_metrics = torch.nn.ModuleList([self._new_metric() for _ in self.test_splits]).to(self.device)
         self.test_results, self.overlays = {}, {}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -217,11 +225,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrides: Any) -> RISLitModule:
+def load_checkpoint(path: str | Path, expect_model: str | None = None, *, allow_download: bool = False,
+                    **overrides: Any) -> RISLitModule:
     """Rebuild the network from the config saved in ``path`` and load its weights (on CPU, eval mode).
 
     ``expect_model``: a preset name the caller requires (``CheckpointError`` if the checkpoint holds another).
-    ``overrides``: ``RISLitModule`` options to change for evaluation (``threshold``, ``eval_resolution``, ...).
+    ``overrides``: ``RISLitModule`` options to change for evaluation (``eval_protocol``, ``num_overlays``, ...).
     """
     checkpoint = read_checkpoint(path)
     info = checkpoint["ris_model"]
@@ -232,9 +241,12 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, **overrid
     if info.get("vocab_text") and config.get("vocab_file"):
         config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
     # the weights come from the checkpoint: build the architecture (and tokenizer) without reading encoder weights
-    model = build_model(**config, load_pretrained=False)
+    model = build_model(**config, load_pretrained=False, allow_download=allow_download)
     model.config["vocab_file"] = info["config"].get("vocab_file", config.get("vocab_file"))
     hparams = dict(checkpoint.get("hyper_parameters", {}))
+    legacy = {k: hparams.pop(k) for k in ("threshold", "eval_resolution") if k in hparams}
+    if legacy and "eval_protocol" not in hparams:  # written before evaluation protocols existed
+        hparams["eval_protocol"] = legacy_protocol(**legacy).as_dict()
     hparams.update(overrides)
     lit = RISLitModule(model, **hparams)
     try:

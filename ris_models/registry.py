@@ -218,11 +218,12 @@ def _builder(model_type: str) -> Callable[..., RISModel]:
     raise ModelConfigError(f"unknown model_type {model_type!r}; expected 'cris' or 'lavt'")
 
 
-def build_model(name: str, load_pretrained: bool = True, **overrides: Any) -> RISModel:
+def build_model(name: str, load_pretrained: bool = True, allow_download: bool = False, **overrides: Any) -> RISModel:
     """Build preset ``name`` with constructor arguments ``overrides`` merged over the preset's values.
 
     ``build_model(**model.config)`` rebuilds the same architecture (``config`` includes ``name``); add
-    ``load_pretrained=False`` to skip loading initial weights when a trained state dict follows.
+    ``load_pretrained=False`` to skip loading initial weights when a trained state dict follows. Initial weights named
+    by an open_clip tag or a Hugging Face hub name come from the local caches unless ``allow_download=True``.
     Raises ModelConfigError for an unknown preset or override key.
     """
     if name not in MODEL_REGISTRY:
@@ -241,7 +242,7 @@ def build_model(name: str, load_pretrained: bool = True, **overrides: Any) -> RI
         )
     cfg.update(copy.deepcopy(overrides))
     cfg.pop("model_type")
-    model = _builder(model_type)(**cfg, load_pretrained=load_pretrained)
+    model = _builder(model_type)(**cfg, load_pretrained=load_pretrained, allow_download=allow_download)
     model.config = {"name": name, "model_type": model_type, **_jsonable(cfg)}
     return model
 

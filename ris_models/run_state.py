@@ -23,8 +23,8 @@ RESUME_MODES = ("auto", "never")
 #: top-level options that a continuation may change (they do not change the data, model or optimiser)
 NOT_IDENTITY = frozenset({
     "ckpt_path", "resume", "epochs", "max_steps", "checkpoint_every_n_steps", "evaluate_after", "num_overlays",
-    "limit_eval", "num_workers", "eval_batch_size", "threshold", "eval_resolution", "logger", "trainer",
-    "output_dir", "cache_dir",
+    "limit_eval", "num_workers", "eval_batch_size", "threshold", "eval_resolution", "eval", "logger", "trainer",
+    "output_dir", "cache_dir", "allow_download",
 })
 
 

@@ -1,4 +1,4 @@
-"""Text tokenizers for the RIS models; none of them downloads anything.
+"""Text tokenizers for the RIS models; none of them downloads anything unless asked to (``allow_download``).
 
 Both return the same batch format, ``dict(input_ids=LongTensor[B,L], attention_mask=LongTensor[B,L])`` with a fixed
 ``L`` (models and collate functions rely on a constant length):
@@ -62,20 +62,16 @@ class WordPieceTokenizer:
         self.vocab_size = self._tok.vocab_size
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, max_length: int = 20) -> "WordPieceTokenizer":
-        """The ``vocab.txt`` of a local BERT directory, or of a hub name already in the Hugging Face cache."""
+    def from_pretrained(cls, name_or_dir: str | Path, max_length: int = 20, *,
+                        allow_download: bool = False) -> "WordPieceTokenizer":
+        """The ``vocab.txt`` of a local BERT directory, or of a hub name in the Hugging Face cache (fetched from
+        the hub only with ``allow_download``)."""
+        from pseudo_ris.weights import hub_file
+
         directory = Path(name_or_dir).expanduser()
         if directory.is_dir():
             return cls(directory / "vocab.txt", max_length=max_length)
-        try:
-            from huggingface_hub import hf_hub_download
-
-            vocab = hf_hub_download(str(name_or_dir), "vocab.txt")
-        except Exception as err:  # offline, unknown repo, ...: say what to do instead
-            raise TokenizerError(
-                f"no BERT vocabulary for {str(name_or_dir)!r}: not a local directory and not downloadable "
-                f"({err.__class__.__name__}); download bert-base-uncased to a directory and pass its path"
-            ) from err
+        vocab = hub_file(str(name_or_dir), "vocab.txt", allow_download=allow_download, option="model.bert_path")
         return cls(vocab, max_length=max_length)
 
     def tokens(self, text: str) -> list[str]:

@@ -20,9 +20,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from ris_models.datamodule import MODES, DataConfigError, RISDataModule, check_ratio, open_pseudo_dataset
 from ris_models.evaluation import dataset_label, evaluate_splits
+from ris_models.finetune import load_initial_weights, read_init_checkpoint, split_resume_and_init
 from ris_models.lit_module import RISLitModule
 from ris_models.prepare import ResolvedData, resolve_data
-from ris_models.registry import RISModel, build_model
+from ris_models.protocol import protocol_from_config
+from ris_models.registry import MODEL_REGISTRY, RISModel, build_model
 from ris_models.run_state import resume_checkpoint
 from ris_models.validation import check_train_config
 
@@ -34,10 +36,22 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def build_ris_model(model_cfg: Mapping[str, Any]) -> RISModel:
-    """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it."""
+def build_ris_model(model_cfg: Mapping[str, Any], dataset_cfg: Mapping[str, Any] | None = None,
+                    load_pretrained: bool = True, allow_download: bool = False) -> RISModel:
+    """``model`` config group -> network: ``name`` picks the registry preset; non-null keys override it.
+
+    A CRIS model takes its text length from the dataset (``dataset.word_len``: 17 RefCOCO/+, 22 RefCOCOg, as the
+    official configs) unless ``model.word_len`` is set; a preset whose text tower holds fewer positions (the tiny
+    CRIS: 17) keeps its own length.
+    """
     overrides = {k: v for k, v in dict(model_cfg).items() if k != "name" and v is not None}
-    return build_model(str(model_cfg["name"]), **overrides)
+    name = str(model_cfg["name"])
+    word_len = (dataset_cfg or {}).get("word_len")
+    preset = MODEL_REGISTRY.get(name, {})
+    if word_len is not None and "word_len" in preset:
+        context = ((preset.get("clip_overrides") or {}).get("text_cfg") or {}).get("context_length", 77)
+        overrides.setdefault("word_len", min(int(word_len), int(context)))
+    return build_model(name, load_pretrained=load_pretrained, allow_download=allow_download, **overrides)
 
 
 def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
@@ -52,6 +66,7 @@ def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
 
 def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData) -> RISDataModule:
     ds_cfg, data_cfg = cfg["dataset"], cfg["data"]
+    protocol = protocol_from_config(cfg.get("eval"))
     return RISDataModule(
         data.data_root, ds_cfg["name"], split_by=ds_cfg.get("split_by"), mode=data_cfg["mode"],
         ratio=cfg.get("ratio", 1.0), pseudo_root=data.pseudo_root, pseudo_name=data_cfg.get("pseudo_name", "pseudo"),
@@ -60,7 +75,7 @@ def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData
         batch_size=cfg["batch_size"], eval_batch_size=cfg.get("eval_batch_size"),
         num_workers=cfg.get("num_workers", 0), resize_mode=cfg.get("resize_mode", "letterbox"),
         hflip_prob=cfg.get("hflip_prob", 0.0), subset_seed=_get(cfg, "subset_seed", cfg.get("seed", 0)),
-        limit_eval=cfg.get("limit_eval"))
+        limit_eval=cfg.get("limit_eval"), eval_resize_mode=protocol.resize_mode, target_resize=protocol.target_resize)
 
 
 def build_logger(logger_cfg: Mapping[str, Any], output_dir: Path, run_name: str):
@@ -118,20 +133,28 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     """
     check_train_config(cfg)  # every option that needs no data, before anything is built, generated or written
     output_dir = Path(str(cfg["output_dir"])).expanduser()
+    protocol_from_config(cfg.get("eval"))  # a bad evaluation setting fails before any slow stage
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
+    # a weights-only checkpoint (e.g. an imported official one) starts a new run from its weights
+    ckpt_path, init_from = split_resume_and_init(ckpt_path, None if ckpt_path else cfg.get("init_from"))
+    init_ckpt = read_init_checkpoint(init_from, str(cfg["model"]["name"])) if init_from else None
     data = resolve_data(cfg, generate_cfg)
     # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
     # change the model's initialisation or the data order
     L.seed_everything(int(cfg["seed"]), workers=True)
     check_data_options(cfg, data)  # bad ratio / missing pseudo labels fail before any model is built
-    model = build_ris_model(cfg["model"])
+    model = build_ris_model(cfg["model"], cfg.get("dataset"),
+                            allow_download=bool(cfg.get("allow_download", False)))
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
-                       threshold=cfg.get("threshold"), eval_resolution=cfg.get("eval_resolution", "original"),
+                       eval_protocol=protocol_from_config(cfg.get("eval")).as_dict(),
                        val_splits=dm.val_splits, num_overlays=cfg.get("num_overlays", 4),
                        data_info={"dataset": dm.dataset_name, "split_by": dm.human_dataset.split_by,
                                   "data_root": str(data.data_root), "mode": dm.mode, "ratio": dm.ratio,
                                   "resize_mode": dm.resize_mode})
+    if init_ckpt is not None:
+        load_initial_weights(lit, init_ckpt, str(init_from))
+        del init_ckpt
     run_name = output_dir.name
     logger = build_logger(cfg["logger"], output_dir, run_name)
     trainer, checkpoint = build_trainer(cfg, output_dir, logger, monitor=f"{dm.val_splits[0]}/oIoU",
@@ -140,6 +163,8 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
         print(f"training data: {dm.describe()}; validation: {dm.val_splits}; output: {output_dir}")
         if ckpt_path:
             print(f"resuming from {ckpt_path} (a finished run only re-evaluates; resume=never starts afresh)")
+        elif init_from:
+            print(f"fine-tuning from the weights of {init_from} (new run: step 0, fresh optimizer and schedule)")
     start = time.perf_counter()
     trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start

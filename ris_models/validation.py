@@ -96,15 +96,13 @@ def check_checkpoint(path: Any, option: str, expect_model: str | None = None) ->
 
 
 def _check_common(cfg: Mapping[str, Any]) -> None:
-    from ris_models.lit_module import EVAL_RESOLUTIONS
+    from ris_models.protocol import protocol_from_config
 
     check_int(cfg.get("num_workers", 0), "num_workers", minimum=0)
     check_int(cfg.get("limit_eval"), "limit_eval", minimum=1, allow_none=True)
     check_int(cfg.get("num_overlays", 0) or 0, "num_overlays", minimum=0)
-    check_number(cfg.get("threshold"), "threshold", minimum=0.0, maximum=1.0, exclusive_minimum=True,
-                 allow_none=True, why="it is a foreground probability")
-    if cfg.get("eval_resolution") is not None:
-        check_choice(cfg["eval_resolution"], "eval_resolution", EVAL_RESOLUTIONS)
+    if cfg.get("eval") is not None:
+        protocol_from_config(cfg["eval"])  # the evaluation protocol validates its own settings
     if cfg.get("data_root") is not None:
         check_existing_dir(cfg["data_root"], "data_root")
     check_trainer(cfg.get("trainer") or {})
@@ -146,14 +144,44 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
         check_checkpoint(cfg["ckpt_path"], "ckpt_path", expect_model=model)
 
 
-def check_evaluate_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """``conf/evaluate.yaml`` options; returns the checkpoint (read once, without running code)."""
+def check_evaluate_config(cfg: Mapping[str, Any]) -> None:
+    """``conf/evaluate.yaml`` options; a checkpoint is read once here (without running code) to check it."""
     cfg = to_plain(cfg)
     check_int(cfg.get("batch_size", 32), "batch_size", minimum=1)
     _check_common(cfg)
-    if not cfg.get("ckpt"):
-        raise OptionError("ckpt=<path of a checkpoint written by tools/train.py> is required")
-    checkpoint = check_checkpoint(cfg["ckpt"], "ckpt")
-    out_dir = cfg.get("out_dir") or Path(str(cfg["ckpt"])).expanduser().parent
-    check_writable_dir(out_dir, "out_dir" if cfg.get("out_dir") else "out_dir (next to the checkpoint)")
-    return checkpoint
+    if cfg.get("ckpt") is not None:
+        check_checkpoint(cfg["ckpt"], "ckpt")
+        default_out, what = Path(str(cfg["ckpt"])).expanduser().parent, "next to the checkpoint"
+    elif cfg.get("predictions") is not None:
+        source = Path(str(cfg["predictions"])).expanduser()
+        if not source.exists():
+            raise OptionError(f"predictions={source}: no such file or folder")
+        default_out, what = (source if source.is_dir() else source.parent), "next to the predictions"
+    else:
+        return  # the evaluation itself says that one of them is needed
+    if cfg.get("out_dir"):
+        check_writable_dir(cfg["out_dir"], "out_dir")
+    else:
+        check_writable_dir(default_out, f"out_dir ({what})")
+
+
+REPRODUCE_TRAINERS = ("cpu", "gpu", "ddp", "default")
+
+
+def check_reproduce_config(cfg: Mapping[str, Any]) -> None:
+    """``conf/reproduce.yaml`` options, before SynthRef is built or any run starts (``results_md`` resolved)."""
+    from pseudo_ris.validation import check_device
+    from ris_models.reproduction.plan import DEFAULT_OUT_DIR, ReproduceConfigError
+
+    if cfg.get("profile") not in (cfg.get("profiles") or {}):
+        raise ReproduceConfigError(f"profile={cfg.get('profile')!r} is not one of "
+                                   f"{', '.join(sorted(cfg.get('profiles') or {}))}")
+    trainer = check_choice(str(cfg.get("trainer") or "cpu"), "trainer", REPRODUCE_TRAINERS)
+    if trainer == "gpu" and _cuda_count() == 0:
+        raise OptionError("trainer=gpu needs a CUDA GPU, and torch sees none on this machine; use trainer=cpu")
+    check_device(cfg.get("device") or "cpu")
+    check_int(cfg.get("threads", 1), "threads", minimum=1)
+    check_writable_dir(cfg.get("out_dir") or DEFAULT_OUT_DIR, "out_dir")
+    check_writable_dir(Path(str(cfg["results_md"])).expanduser().parent, "results_md (its directory)")
+    if cfg.get("data_root"):
+        check_existing_dir(cfg["data_root"], "data_root")

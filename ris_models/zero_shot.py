@@ -110,13 +110,15 @@ def build_zero_shot(gen_cfg: Mapping[str, Any], dataset: Any = None, views: Sequ
     from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 
     device = gen_cfg.get("device", "cpu")
+    allow_download = bool(gen_cfg.get("allow_download", False))
     gen = gen_cfg["generator"]
     bundle = None
     if gen["scorer"]["kind"] == "captioner":
-        bundle = runner.build_captioner_bundle(gen["captioner"], device)
+        bundle = runner.build_captioner_bundle(gen["captioner"], device, allow_download)
         scorer = ClipScorer.from_coca_bundle(bundle, device=device)
     elif gen["scorer"]["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(gen["scorer"]["name"], gen["scorer"].get("pretrained"), device=device)
+        scorer = ClipScorer.from_open_clip(gen["scorer"]["name"], gen["scorer"].get("pretrained"), device=device,
+                                           allow_download=allow_download)
     else:
         raise ZeroShotConfigError(f"unknown scorer kind {gen['scorer']['kind']!r}")
     sam_cfg = dict(gen_cfg.get("sam") or {})

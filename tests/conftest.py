@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -70,6 +71,42 @@ def handmade_refer(tmp_path: Path) -> Path:
     return _write_handmade_refer(tmp_path / "data")
 
 
+# ---------------------------------------------------------------------------------------------- decoding models
+CAPTION_WORDS = "a the big small red green blue yellow cube ball cone ring left right of on".split()
+
+
+def assert_live_coca(bundle, n_images: int = 3) -> None:
+    """Decoding tests are only meaningful on a model whose next-token logits are finite and informative: not
+    constant over the vocabulary, and different for different images and prefixes. A CoCa whose vocabulary
+    projection was left uninitialised (all zeros, or 1e7 garbage) fails here, so every test using it fails."""
+    g = torch.Generator().manual_seed(123)
+    size = bundle.image_size
+    pixels = bundle.preprocess(torch.rand(n_images, 3, size, size, generator=g))
+    tok = bundle.tokenizer
+    prefixes = torch.tensor([[tok.sot_id], [tok.sot_id]])
+    prefixes = torch.cat([prefixes, torch.tensor([[tok.vocab_size - 1], [tok.vocab_size - 2]])], dim=1)
+    with torch.no_grad():
+        out = [bundle.model(pixels, prefixes[i:i + 1].expand(n_images, -1), output_labels=False)["logits"][:, -1]
+               for i in range(2)]
+    for z in out:
+        assert torch.isfinite(z).all(), "CoCa logits are not finite"
+        assert float(z.abs().max()) < 1e3, "CoCa logits are huge (uninitialised projection?)"
+        assert float(z.std(dim=-1).min()) > 1e-2, "CoCa logits are constant over the vocabulary"
+        assert float((z - z.mean(dim=0)).abs().max()) > 1e-4, "CoCa logits do not depend on the image"
+    assert float((out[0] - out[1]).abs().max()) > 1e-4, "CoCa logits do not depend on the prefix"
+
+
+@pytest.fixture(scope="session")
+def tiny_coca():
+    """A random-init ``coca_tiny`` (seed 0, a 16-word vocabulary) checked by ``assert_live_coca``."""
+    from pseudo_ris.captioning import WordTokenizer, load_coca
+
+    torch.manual_seed(0)
+    bundle = load_coca("coca_tiny", tokenizer=WordTokenizer(CAPTION_WORDS, context_length=32))
+    assert_live_coca(bundle)
+    return bundle
+
+
 # ---------------------------------------------------------------------------------------------- RIS training data
 def make_tiny_ris_data(root: Path, n_train_images: int = 10, n_eval_images: int = 2, height: int = 24,
                        width: int = 32) -> dict:
@@ -135,3 +172,40 @@ def make_tiny_ris_data(root: Path, n_train_images: int = 10, n_eval_images: int 
 def tiny_ris_data(tmp_path: Path) -> dict:
     """See ``make_tiny_ris_data``: human ``tinyref`` + pseudo ``tinyref_pseudo`` on 24x32 images."""
     return make_tiny_ris_data(tmp_path / "ris_data")
+
+
+# ------------------------------------------------------------------------------------------------ VGPhraseCut
+RECT = [[2, 2], [10, 2], [10, 8], [2, 8]]  # PIL with outline: x 2..10, y 2..8 inclusive
+
+
+def _task(task_id, image_id, phrase, name, polygons_per_instance, boxes):
+    return {"task_id": task_id, "image_id": image_id, "ann_ids": [1], "phrase": phrase,
+            "phrase_structure": {"name": name, "attributes": [], "relation_ids": [], "relation_descriptions": [],
+                                 "type": "name"},
+            "instance_boxes": boxes, "Polygons": polygons_per_instance}
+
+
+def write_phrasecut(root: Path) -> Path:
+    """``root/VGPhraseCut_v0`` with 3 test tasks (1 COCO category, 2 not) and 1 val task."""
+    pc = root / "VGPhraseCut_v0"
+    (pc / "images").mkdir(parents=True)
+    info = [{"image_id": 11, "width": 40, "height": 30, "split": "test", "coco_id": None, "flickr_id": None},
+            {"image_id": 12, "width": 20, "height": 20, "split": "test", "coco_id": 5, "flickr_id": None},
+            {"image_id": 13, "width": 16, "height": 16, "split": "val", "coco_id": None, "flickr_id": None}]
+    (pc / "image_data_split.json").write_text(json.dumps(info))
+    for i in info:
+        Image.fromarray(np.full((i["height"], i["width"], 3), 100, np.uint8)).save(pc / "images" / f"{i['image_id']}.jpg")
+    test = [_task("11__1", 11, "black dog", "dog", [[RECT]], [[2, 2, 8, 6]]),
+            _task("11__2", 11, "tall trees", "tree", [[[[20, 10], [30, 10], [30, 20]]], [[[32, 2], [38, 2], [38, 6]]]],
+                  [[20, 10, 10, 10], [32, 2, 6, 4]]),
+            _task("12__3", 12, "white cloud", "cloud", [[[[0, 0], [5, 0], [5, 5], [0, 5]]]], [[0, 0, 5, 5]])]
+    val = [_task("13__4", 13, "red car", "car", [[[[1, 1], [6, 1], [6, 6], [1, 6]]]], [[1, 1, 5, 5]])]
+    (pc / "refer_test.json").write_text(json.dumps(test))
+    (pc / "refer_val.json").write_text(json.dumps(val))
+    return root
+
+
+@pytest.fixture
+def phrasecut_root(tmp_path) -> Path:
+    """A data root holding a hand-made VGPhraseCut_v0 (see ``write_phrasecut``)."""
+    return write_phrasecut(tmp_path / "data")

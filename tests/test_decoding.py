@@ -9,11 +9,9 @@ import torch
 
 from pseudo_ris.captioning import (
     DecodeSetting,
-    WordTokenizer,
     default_settings,
     distinctive_next_token_probs,
     generate_candidates,
-    load_coca,
     next_token_probs,
 )
 from pseudo_ris.captioning.decoding import as_dense, beam_search, sample_rows
@@ -145,14 +143,10 @@ def test_batched_rule_matches_pure_rule_per_row():
 
 # ---------------------------------------------------------------- steppers on a tiny CoCa
 
-WORDS = "a the big small red green blue yellow cube ball cone ring left right of on".split()
-
-
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    tok = WordTokenizer(WORDS, context_length=32)
-    return load_coca("coca_tiny", tokenizer=tok)
+def tiny(tiny_coca):
+    """The checked random-init CoCa of conftest (finite, non-constant logits that depend on image and prefix)."""
+    return tiny_coca
 
 
 def _images(bundle, n, seed=0):

@@ -226,6 +226,9 @@ def test_yaml_mirrors_dataclass_defaults():
     conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "foundation.yaml"), resolve=True)
     assert conf["sam"] == config_dict(SamTrainConfig())
     assert conf["coca"] == config_dict(CocaTrainConfig())
+    from pseudo_ris.foundation.config import ClipTrainConfig
+
+    assert conf["clip"] == config_dict(ClipTrainConfig())
 
 
 def test_config_rejects_unknown_keys_and_hash_ignores_bookkeeping():

@@ -114,14 +114,14 @@ def test_refilter_reuses_candidates_without_captioning(synthref_root, tmp_path, 
         raise AssertionError("stage=filter must not build models")
 
     monkeypatch.setattr(runner, "build_pipeline", no_models)
-    strict = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+    strict = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter", "max_images=2",
                              "filter.threshold=1e9", "filter.fallback=drop"))
     assert strict["kept"] == 0 and strict["refs"] == 0
     assert ReferDataset(out, "pseudo", split_by="pseudo").refs == []
-    loose = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+    loose = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter", "max_images=2",
                             "filter.threshold=1e-12", "filter.key=uniqueness"))
     assert loose["kept"] == loose["candidates"] >= base["kept"]
-    topk = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter",
+    topk = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter", "max_images=2",
                            "filter.threshold=1e9", "filter.fallback=topk", "filter.topk=2"))
     assert topk["refs"] == topk["masks_kept"] == base["masks_kept"]  # every mask keeps its 2 best
     assert _rows(out) == before  # the shard files are untouched by filtering

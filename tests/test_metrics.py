@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ris_models.metrics import METRIC_KEYS, RISMetrics, per_sample_iou
+from ris_models.metrics import METRIC_KEYS, RISMetrics, ScoringRules, per_sample_iou
 
 
 def _mask(*cells: tuple[int, int]) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_compute_by_hand_strict():
 
 
 def test_inclusive_counts_equal_iou():
-    metric = RISMetrics(inclusive=True)
+    metric = RISMetrics(rules=ScoringRules(precision_rule=">="))
     metric.update(*_stack(SAMPLES))
     out = metric.compute()
     assert float(out["P@0.5"]) == pytest.approx(3 / 5)

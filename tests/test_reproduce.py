@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudo_ris.evaluation.reproduce import ROWS, Plan, RunRecord, mean_std, planned_runs, results_table
+from ris_models.reproduction import ROWS, Plan, RunRecord, mean_std, planned_runs, results_table
 
 
 def _plan(tmp_path: Path, **kw) -> Plan:
@@ -114,7 +114,7 @@ def test_reproduce_end_to_end_tiny(tmp_path):
     """Everything with random tiny models, 2 training steps, 3 pool images: the page and the cache work."""
     from omegaconf import OmegaConf
 
-    from pseudo_ris.evaluation.reproduce import reproduce
+    from ris_models.reproduction import reproduce
     from pseudo_ris.synthref import build_synthref
 
     root = tmp_path / "sr"
@@ -140,7 +140,7 @@ def test_reproduce_end_to_end_tiny(tmp_path):
 
 
 def test_claims_compare_means_over_shared_columns():
-    from pseudo_ris.evaluation.reproduce import claims_section
+    from ris_models.reproduction import claims_section
 
     def res(seen, unseen):
         return {"datasets": {"synthref": {"val": {"mIoU": seen}, "testA": {"mIoU": seen}, "unseen": {"mIoU": unseen}}}}
@@ -170,7 +170,7 @@ def test_claims_compare_means_over_shared_columns():
 
 
 def test_claim_verdict_uses_two_standard_errors():
-    from pseudo_ris.evaluation.reproduce import claim_verdict
+    from ris_models.reproduction import claim_verdict
 
     delta, two_se, verdict = claim_verdict([0.30, 0.32, 0.34], [0.29, 0.31, 0.36])
     assert delta == pytest.approx(0.0) and verdict == "within noise"
@@ -196,7 +196,7 @@ def test_planned_runs_order_finishes_whole_seeds_of_the_first_dataset_first(tmp_
 def test_run_lock_is_exclusive_across_processes(tmp_path):
     import multiprocessing as mp
 
-    from pseudo_ris.evaluation.reproduce import run_lock
+    from ris_models.reproduction import run_lock
 
     def probe(path, queue):
         with run_lock(path) as mine:
@@ -217,7 +217,7 @@ def test_run_lock_is_exclusive_across_processes(tmp_path):
 
 
 def test_cached_runs_are_completed_on_datasets_added_later(tmp_path, monkeypatch):
-    import pseudo_ris.evaluation.reproduce as rep
+    import ris_models.reproduction.stages as rep
 
     plan = _plan(tmp_path, datasets=["synthref", "synthrefg"])
     ckpt = tmp_path / "best.ckpt"
@@ -244,7 +244,7 @@ def test_cached_runs_are_completed_on_datasets_added_later(tmp_path, monkeypatch
 
 
 def test_train_and_generate_configs_follow_the_plan_devices(tmp_path):
-    from pseudo_ris.evaluation.reproduce import generate_config, train_config
+    from ris_models.reproduction.stages import generate_config, train_config
 
     plan = _plan(tmp_path, trainer="gpu", device="cuda")
     cfg = train_config(plan, "lavt_tiny", ROWS["human_10"], "synthref", 1, tmp_path / "run", None)

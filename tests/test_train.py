@@ -178,7 +178,7 @@ def test_resolve_data(tiny_ris_data, tmp_path):
         resolve_data({"dataset": {"name": "synthref"}, "data_root": str(tmp_path / "nope")})
 
 
-def test_eval_resolution_original_or_input(tiny_ris_data):
+def test_score_at_original_or_input(tiny_ris_data):
     from ris_models.datamodule import RISDataModule
     from ris_models.lit_module import RISLitModule
     from ris_models.registry import build_model
@@ -189,11 +189,11 @@ def test_eval_resolution_original_or_input(tiny_ris_data):
     batch = next(iter(dm.val_dataloader()[0]))
     preds, targets = RISLitModule(model).predict_masks(batch)  # default: warped back to the 24x32 originals
     assert [tuple(p.shape) for p in preds] == [(24, 32)] * 2 and [tuple(t.shape) for t in targets] == [(24, 32)] * 2
-    preds, targets = RISLitModule(model, eval_resolution="input", threshold=0.0).predict_masks(batch)
+    preds, targets = RISLitModule(model, eval_protocol={"score_at": "input", "threshold": 0.0}).predict_masks(batch)
     assert [tuple(p.shape) for p in preds] == [(32, 32)] * 2 and all(p.all() for p in preds)  # prob > 0 everywhere
     assert torch.equal(targets[0], batch["mask"][0])
-    with pytest.raises(ValueError, match="eval_resolution"):
-        RISLitModule(model, eval_resolution="480")
+    with pytest.raises(ValueError, match="score_at"):
+        RISLitModule(model, eval_protocol={"score_at": "480"})
 
 
 def test_checkpoint_keeps_its_vocabulary(tmp_path):

@@ -8,7 +8,7 @@
     python tools/reproduce.py override.rows=[human_100,full] override.max_steps=50
 
 Options: conf/reproduce.yaml (key=value overrides, OmegaConf dot-list syntax). Resumable: rerun the same command.
-The work is in pseudo_ris.evaluation.reproduce.
+The work is in ris_models.reproduction.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pseudo_ris.cli import user_errors
-from pseudo_ris.evaluation.reproduce import reproduce
 from pseudo_ris.validation import OptionError
+from ris_models.reproduction import reproduce
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "reproduce.yaml"
 

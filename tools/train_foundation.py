@@ -1,6 +1,6 @@
-"""Train a SynthRef foundation model: ``python tools/train_foundation.py model=sam|coca steps=... seed=... out=...``.
+"""Train a SynthRef foundation model: ``python tools/train_foundation.py model=sam|coca|clip steps=... out=...``.
 
-Thin Hydra entry point over `pseudo_ris.foundation.train_sam` / `train_coca`. Rerunning the same command resumes
+Thin Hydra entry point over `pseudo_ris.foundation.train_sam` / `train_coca` / `train_clip`. Rerunning the same command resumes
 from ``<out>/train_state.pt``. The config lives in conf/foundation.yaml; it is registered in Hydra's ConfigStore
 rather than read from the conf/ search path so that ``model=...`` stays a plain key even though conf/ also has a
 ``model`` config group for the RIS trainers.
@@ -26,9 +26,11 @@ ConfigStore.instance().store(name="foundation_cli", node=OmegaConf.load(CONF))
 @hydra.main(version_base=None, config_path=None, config_name="foundation_cli")
 def main(cfg: DictConfig) -> None:
     from pseudo_ris.foundation import evaluate_coca, evaluate_sam, train_coca, train_sam
+    from pseudo_ris.foundation.clip_training import evaluate_clip, train_clip
 
+    trainers = {"sam": (train_sam, evaluate_sam), "coca": (train_coca, evaluate_coca), "clip": (train_clip, None)}
     with user_errors():
-        check_choice(cfg.model, "model", ("sam", "coca"))
+        check_choice(cfg.model, "model", sorted(trainers))
         check_int(cfg.threads, "threads", minimum=1)
         check_int(cfg.steps, "steps", minimum=1, allow_none=True)
         out = check_writable_dir(Path(hydra.utils.to_absolute_path(str(cfg.out))), "out")
@@ -36,14 +38,19 @@ def main(cfg: DictConfig) -> None:
         section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
         if cfg.steps is not None:
             section["steps"] = int(cfg.steps)
-        train = train_sam if cfg.model == "sam" else train_coca
+        train, evaluate = trainers[cfg.model]
         path = train(section, out_dir=out, progress=bool(cfg.progress))
     print(f"weights: {path}")
     if cfg.evaluate:
-        evaluate = evaluate_sam if cfg.model == "sam" else evaluate_coca
         options = OmegaConf.to_container(cfg.eval[cfg.model], resolve=True)
-        report = evaluate(path, **options, out_path=out / "quality.json", progress=bool(cfg.progress))
-        print(json.dumps(report["summary"], indent=1))
+        if evaluate is None:  # the CLIP report is small: written here
+            from pseudo_ris.data.io import atomic_write_json
+
+            summary = evaluate_clip(path, arch=section["arch"], **options)
+            atomic_write_json(out / "quality.json", {"summary": summary}, indent=1)
+        else:
+            summary = evaluate(path, **options, out_path=out / "quality.json", progress=bool(cfg.progress))["summary"]
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Model names are open_clip's (``coca_ViT-L-14``, ``coca_ViT-B-32``) or project co
 (``coca_tiny``, ``coca_synthref``), registered with ``open_clip.add_model_config`` so both go through one
 registry. We build the ``open_clip.CoCa`` ourselves (rather than ``create_model``) so that a checkpoint that
 does not fit the config fails with a message naming the file and the first bad keys, and so that the
-open_clip 3.3 trap is handled in one place: its ``MultimodalTransformer`` allocates ``text_projection`` with
-``torch.empty`` and its own ``init_parameters`` crashes (it reads ``self.transformer``), so a CoCa built
-without weights would have garbage vocabulary logits (DESIGN 4). ``init_text_decoder`` fixes that.
+open_clip 3.3 initialisation trap of a CoCa built without weights is fixed by the one function every loader
+calls, ``pseudo_ris.weights.init_untrained_open_clip``. Pretrained tags come from the local caches unless the
+caller allows downloads.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_bytes
+from pseudo_ris.weights import init_text_decoder, init_untrained_open_clip, resolve_open_clip_tag
 
 from .tokenizer import CaptionTokenizer, OpenClipTokenizer, WordTokenizer, tokenizer_from_dict
 
@@ -78,27 +79,6 @@ def coca_config(name: str, **overrides: Any) -> dict:
     if "multimodal_cfg" not in cfg:
         raise CocaLoadError(f"model {name!r} is not a CoCa (its config has no multimodal_cfg)")
     return _merge(cfg, overrides)
-
-
-def init_text_decoder(decoder: nn.Module) -> None:
-    """Initialise CoCa's multimodal decoder like open_clip intends (its own method crashes in 3.3)."""
-    try:
-        decoder.init_parameters()
-        return
-    except AttributeError:
-        pass
-    width, layers = decoder.width, decoder.layers
-    proj_std = (width ** -0.5) * ((2 * layers) ** -0.5)
-    attn_std = width ** -0.5
-    fc_std = (2 * width) ** -0.5
-    with torch.no_grad():
-        for block in list(decoder.resblocks) + list(decoder.cross_attn):
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-        if decoder.text_projection is not None:
-            nn.init.normal_(decoder.text_projection, std=width ** -0.5)
 
 
 @dataclass
@@ -204,18 +184,14 @@ def _open_clip_state(obj: Any, source: str) -> dict:
     return obj
 
 
-def _resolve_tag(name: str, tag: str) -> Path:
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
+def _resolve_tag(name: str, tag: str, allow_download: bool) -> tuple[Path, dict]:
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
-    cfg = get_pretrained_cfg(name, tag)
-    if not cfg:
+    if not get_pretrained_cfg(name, tag):
         raise CocaLoadError(
             f"pretrained={tag!r} is neither a file nor a known tag of {name!r} "
             f"(known tags: {list_pretrained_tags_by_model(name)})")
-    try:
-        return Path(download_pretrained(cfg))
-    except Exception as exc:
-        raise CocaLoadError(f"cannot fetch weights {name}/{tag} (offline? pass a local file instead): {exc}") from exc
+    return resolve_open_clip_tag(name, tag, allow_download=allow_download)
 
 
 def load_coca(
@@ -224,12 +200,14 @@ def load_coca(
     *,
     tokenizer: CaptionTokenizer | None = None,
     device: str | torch.device = "cpu",
+    allow_download: bool = False,
     **overrides: Any,
 ) -> CocaBundle:
     """Build CoCa ``name`` and load ``pretrained`` (open_clip tag, open_clip state dict file or project checkpoint).
 
     ``overrides`` are merged into the model config (nested dicts merge). Without weights the decoder projection
-    is initialised (see module docstring). A project checkpoint carries its own config and tokenizer.
+    is initialised (see module docstring). A project checkpoint carries its own config and tokenizer. A tag is
+    read from the local open_clip / Hugging Face cache; it is fetched only with ``allow_download=True``.
     """
     mean, std = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
     state = None
@@ -251,10 +229,9 @@ def load_coca(
             state = _open_clip_state(obj, source)
     elif pretrained is not None:
         cfg = coca_config(name, **overrides)
-        path = _resolve_tag(name, str(pretrained))
+        path, tag_cfg = _resolve_tag(name, str(pretrained), allow_download)
         source = str(path)
         state = _open_clip_state(_read_checkpoint(path), source)
-        tag_cfg = open_clip.get_pretrained_cfg(name, str(pretrained))
         mean, std = tuple(tag_cfg.get("mean", mean)), tuple(tag_cfg.get("std", std))
     else:
         cfg = coca_config(name, **overrides)
@@ -264,7 +241,7 @@ def load_coca(
     cfg = _fit_config_to_tokenizer(cfg, tokenizer, name)
     model = _build(cfg, "cpu")
     if state is None:
-        init_text_decoder(model.text_decoder)
+        init_untrained_open_clip(model)
     else:
         _check_state_dict(model, state, source, name)
         model.load_state_dict(state, strict=True)

@@ -19,5 +19,10 @@ class EmptyMaskError(ReferDataError):
     """An annotation's segmentation decodes to a mask with no foreground pixel."""
 
 
+class GeometryError(ReferDataError):
+    """An annotation whose geometry cannot be right: a mask of another size than its image, an annotation on
+    another image than its ref, a malformed polygon, an image missing from the images list."""
+
+
 class UnknownDatasetError(ReferDataError):
     """A dataset name that is neither registered nor present under the data root."""

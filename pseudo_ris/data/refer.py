@@ -26,9 +26,9 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import EmptyMaskError, ReferDataError, UnknownDatasetError
+from .errors import EmptyMaskError, GeometryError, ReferDataError, UnknownDatasetError
 from .io import atomic_write_json, atomic_write_pickle
-from .masks import decode_segmentation
+from .masks import decode_segmentation, rasterize_polygons_pil, refer_segmentation, segmentation_problem
 from .safe_load import UnreadableFileError, UnsafeFileError, load_plain_pickle
 
 # Order in which evaluation splits are listed (anything else sorts after these, alphabetically).
@@ -112,8 +112,12 @@ class ReferDataset:
         image_dir: override for where images live (absolute, or relative to ``data_root``).
     """
 
+    #: how polygon annotations are rasterized: ``coco`` (pycocotools, as REFER) or ``pil`` (VGPhraseCut's API)
+    polygon_raster: str = "coco"
+
     def __init__(self, data_root: str | Path, dataset: str, split_by: str | None = None,
-                 image_dir: str | Path | None = None) -> None:
+                 image_dir: str | Path | None = None, check_geometry: bool = True) -> None:
+        self.check_geometry = check_geometry  # False: open anyway and list problems (tools/doctor.py)
         self.data_root = Path(data_root).expanduser()
         self.name = dataset
         spec = DATASETS.get(dataset)
@@ -141,6 +145,24 @@ class ReferDataset:
         self.image_dir = self._resolve_image_dir(image_dir, spec)
         self._load()
 
+    @classmethod
+    def from_records(cls, name: str, *, images: list[dict], annotations: list[dict], categories: list[dict],
+                     refs: list[dict], image_dir: str | Path, source: str | Path, split_by: str,
+                     polygon_raster: str = "coco", check_geometry: bool = True) -> "ReferDataset":
+        """A dataset from in-memory REFER records (readers of other layouts, e.g. VGPhraseCut, translate into
+        these), checked exactly like a dataset read from disk; ``source`` names the file(s) in messages."""
+        self = cls.__new__(cls)
+        self.name = name
+        self.data_root = self.dataset_dir = Path(source)
+        self.info = {}
+        self.split_by = split_by
+        self.refs_path = self.instances_path = Path(source)
+        self.image_dir = Path(image_dir)
+        self.polygon_raster = polygon_raster
+        self.check_geometry = check_geometry
+        self._index(images, annotations, categories, refs)
+        return self
+
     # ------------------------------------------------------------------ loading
     def _resolve_image_dir(self, image_dir: str | Path | None, spec: DatasetSpec | None) -> Path:
         if image_dir is not None:
@@ -164,9 +186,13 @@ class ReferDataset:
         for key in ("images", "annotations"):
             if key not in instances:
                 raise ReferDataError(f"{self.instances_path} has no {key!r} list (keys: {sorted(instances)})")
-        self.images: dict[int, dict] = {int(img["id"]): img for img in instances["images"]}
-        self.anns: dict[int, dict] = {int(ann["id"]): ann for ann in instances["annotations"]}
-        self.categories: dict[int, dict] = {int(c["id"]): c for c in instances.get("categories", [])}
+        self._index(instances["images"], instances["annotations"], instances.get("categories", []), refs)
+
+    def _index(self, images: list[dict], annotations: list[dict], categories: list[dict], refs: list) -> None:
+        """Index the records and check them (before any training or evaluation starts)."""
+        self.images: dict[int, dict] = {int(img["id"]): img for img in images}
+        self.anns: dict[int, dict] = {int(ann["id"]): ann for ann in annotations}
+        self.categories: dict[int, dict] = {int(c["id"]): c for c in categories}
         for index, ref in enumerate(refs):
             if not isinstance(ref, dict):
                 raise ReferDataError(f"refs file {self.refs_path}: ref #{index} is a {type(ref).__name__} "
@@ -177,14 +203,55 @@ class ReferDataset:
             if int(ref["ann_id"]) not in self.anns:
                 raise ReferDataError(f"ref {ref['ref_id']} in {self.refs_path} points to annotation "
                                      f"{ref['ann_id']}, which is not in {self.instances_path}")
-            ann_image = self.anns[int(ref["ann_id"])].get("image_id")
-            if ann_image is None or int(ann_image) not in self.images:
-                raise ReferDataError(f"annotation {ref['ann_id']} (ref {ref['ref_id']}) in {self.instances_path} "
-                                     f"points to image {ann_image}, which is not in its images list")
             if int(ref["image_id"]) not in self.images:
                 raise ReferDataError(f"ref {ref['ref_id']} in {self.refs_path} points to image "
                                      f"{ref['image_id']}, which is not in {self.instances_path}")
         self.refs: list[dict] = refs
+        problems = self.geometry_problems(limit=1) if self.check_geometry else []
+        if problems:
+            raise GeometryError(problems[0] + " (python tools/doctor.py lists every problem)")
+
+    def geometry_problems(self, limit: int | None = None) -> list[str]:
+        """One line per annotation or ref whose geometry cannot be right (no decoding, no file access):
+        an annotation of an image missing from the images list, a ref whose annotation lies on another image,
+        an RLE of another size than its image, a malformed or degenerate polygon list."""
+        problems: list[str] = []
+        where = self.instances_path
+        for ann_id, ann in self.anns.items():
+            image = self.images.get(int(ann.get("image_id", -1)))
+            if image is None:
+                problems.append(f"annotation {ann_id} in {where} is on image {ann.get('image_id')}, which is not "
+                                "in its images list")
+            elif self.polygon_raster == "coco" and "segmentation" not in ann:
+                problems.append(f"annotation {ann_id} in {where} has no segmentation")
+            elif self.polygon_raster == "coco":
+                why = segmentation_problem(ann["segmentation"], int(image["height"]), int(image["width"]))
+                if why:
+                    problems.append(f"annotation {ann_id} (image {ann['image_id']}, {image.get('file_name')}) "
+                                    f"in {where}: {why}")
+            if limit is not None and len(problems) >= limit:
+                return problems
+        for ref in self.refs:
+            ann = self.anns[int(ref["ann_id"])]
+            if int(ann["image_id"]) != int(ref["image_id"]):
+                problems.append(f"ref {ref['ref_id']} in {self.refs_path} is on image {ref['image_id']} but its "
+                                f"annotation {ref['ann_id']} is on image {ann['image_id']} ({where})")
+                if limit is not None and len(problems) >= limit:
+                    break
+        return problems
+
+    def missing_image_files(self, refs: Iterable[dict] | None = None) -> list[Path]:
+        """Image files (of ``refs``, default every ref) that do not exist; checked before training starts."""
+        ids = sorted({int(r["image_id"]) for r in (self.refs if refs is None else refs)})
+        return [path for path in (self.image_path(i) for i in ids) if not path.is_file()]
+
+    def check_image_files(self, refs: Iterable[dict] | None = None) -> None:
+        """Raise ``ReferDataError`` naming the first missing image file (and how many are missing)."""
+        missing = self.missing_image_files(refs)
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise ReferDataError(f"image file {missing[0]}{more} of {self.name} not found (image_dir "
+                                 f"{self.image_dir}; python tools/doctor.py lists every problem)")
 
     # ------------------------------------------------------------------ indexes
     @cached_property
@@ -244,8 +311,12 @@ class ReferDataset:
         except KeyError:
             raise ReferDataError(f"annotation {ann_id} not in {self.instances_path}") from None
         image = self.images[int(ann["image_id"])]
+        height, width = int(image["height"]), int(image["width"])
         try:
-            mask = decode_segmentation(ann["segmentation"], int(image["height"]), int(image["width"]))
+            if self.polygon_raster == "pil":
+                mask = rasterize_polygons_pil(ann["segmentation"], height, width)
+            else:
+                mask = decode_segmentation(ann["segmentation"], height, width)
         except Exception as exc:  # pycocotools raises bare TypeErrors / ValueErrors on malformed input
             raise ReferDataError(f"annotation {ann_id} in {self.instances_path} has a malformed segmentation: "
                                  f"{exc}") from exc
@@ -291,6 +362,18 @@ def _check_refs(refs: Iterable[dict], anns: dict[int, dict], name: str) -> None:
             raise ReferDataError(f"cannot write {name}: ref {ref['ref_id']} sent_ids do not match its sentences")
 
 
+def _refer_annotation(ann: dict, image_by_id: dict[int, dict], name: str) -> dict:
+    image = image_by_id.get(int(ann["image_id"]))
+    if image is None:
+        raise GeometryError(f"cannot write {name}: annotation {ann['id']} is on image {ann['image_id']}, which is "
+                            "not in the images list")
+    height, width = int(image["height"]), int(image["width"])
+    why = segmentation_problem(ann["segmentation"], height, width)
+    if why:
+        raise GeometryError(f"cannot write {name}: annotation {ann['id']} (image {ann['image_id']}): {why}")
+    return {**ann, "segmentation": refer_segmentation(ann["segmentation"], height, width)}
+
+
 def write_refer_dataset(root: str | Path, name: str, *, split_by: str, images: list[dict],
                         annotations: list[dict], categories: list[dict], refs: list[dict],
                         image_dir: str | Path | None = None, extra_info: dict | None = None) -> Path:
@@ -298,11 +381,13 @@ def write_refer_dataset(root: str | Path, name: str, *, split_by: str, images: l
 
     ``image_dir`` (absolute, or relative to the dataset directory) is recorded so readers find the images
     without copying them. Refs get ``file_name`` and ``category_id`` filled in from images/annotations if absent.
+    Segmentations are written in the form REFER's ``getMask`` decodes (``masks.refer_segmentation``).
     Returns the dataset directory.
     """
     out = Path(root) / name
-    anns = {int(a["id"]): a for a in annotations}
     image_by_id = {int(i["id"]): i for i in images}
+    annotations = [_refer_annotation(a, image_by_id, str(out)) for a in annotations]
+    anns = {int(a["id"]): a for a in annotations}
     refs = [dict(ref) for ref in refs]
     for ref in refs:
         ref.setdefault("file_name", image_by_id[int(ref["image_id"])]["file_name"])

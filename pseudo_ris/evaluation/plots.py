@@ -1,6 +1,6 @@
 """Small PNG plots drawn with PIL (matplotlib is not a dependency): histograms, line charts, a label gallery.
 
-Used by the reproduction (`pseudo_ris.evaluation.reproduce`) for the DoC histogram of kept vs rejected candidates,
+Used by the reproduction (`ris_models.reproduction`) for the DoC histogram of kept vs rejected candidates,
 learning curves from Lightning's CSV logger, and a pseudo-label gallery. Files are written atomically.
 """
 

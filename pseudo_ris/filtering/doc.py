@@ -41,6 +41,10 @@ def doc_scores(M: Sequence[float], C: Sequence[float], m: int,
     """(DoC, uniqueness, correctness) of a caption of mask ``m`` given its scores against all masks ``M[N], C[N]``."""
     if transform not in SCORE_TRANSFORMS:
         raise ValueError(f"score_transform must be one of {SCORE_TRANSFORMS}, got {transform!r}")
+    if isinstance(M, list) and isinstance(C, list) and len(M) == len(C) > 1 and 0 <= m < len(M):
+        fast = _doc_scores_lists(M, C, m, transform)  # stored rows: plain Python is ~5x faster than numpy here
+        if fast is not None:
+            return fast
     M = np.asarray(M, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
     if M.shape != C.shape or M.ndim != 1 or not 0 <= m < len(M):
@@ -56,6 +60,19 @@ def doc_scores(M: Sequence[float], C: Sequence[float], m: int,
     doc = _ratio(float(M[m] * C[m]), float((M[others] * C[others]).max()))
     uniq = _ratio(float(C[m]), float(C[others].max()))
     return doc, uniq, correctness
+
+
+def _doc_scores_lists(M: list, C: list, m: int, transform: str) -> tuple[float, float, float] | None:
+    """`doc_scores` on lists of finite floats, same IEEE operations as the numpy path; None to use that path."""
+    if not all(type(x) is float and math.isfinite(x) for x in M) or \
+            not all(type(x) is float and math.isfinite(x) for x in C):
+        return None
+    others = [j for j in range(len(M)) if j != m]
+    if transform == "exp":
+        doc = math.exp(min(700.0, M[m] + C[m] - max(M[j] + C[j] for j in others)))
+        uniq = math.exp(min(700.0, C[m] - max(C[j] for j in others)))
+        return doc, uniq, M[m]
+    return _ratio(M[m] * C[m], max(M[j] * C[j] for j in others)), _ratio(C[m], max(C[j] for j in others)), M[m]
 
 
 @dataclass(frozen=True)

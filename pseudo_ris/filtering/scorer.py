@@ -70,26 +70,40 @@ class ClipScorer:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_open_clip(cls, name: str, pretrained: str | os.PathLike | None = None, *,
-                       device: str | torch.device = "cpu", **overrides: Any) -> "ClipScorer":
-        """An open_clip model by name and pretrained tag or local checkpoint path (official: ``RN50``, ``openai``)."""
+                       device: str | torch.device = "cpu", allow_download: bool = False,
+                       **overrides: Any) -> "ClipScorer":
+        """An open_clip model by name and pretrained tag or local checkpoint path (official: ``RN50``, ``openai``).
+
+        A tag is read from the local open_clip / Hugging Face cache; it is fetched only with ``allow_download``.
+        Without ``pretrained`` the model is randomly initialised (CoCa's decoder included)."""
         import open_clip
 
-        if pretrained and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or
-                           os.sep in str(pretrained)) and not Path(pretrained).is_file():
-            raise ScorerLoadError(f"scorer checkpoint not found: {pretrained}")
+        from pseudo_ris.weights import check_open_clip_name, init_untrained_open_clip, resolve_open_clip_tag
+
+        check_open_clip_name(name, allow_download=allow_download)
+        tag_cfg: dict = {}
+        if pretrained:
+            is_file = Path(pretrained).is_file()
+            if not is_file and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+                                or os.sep in str(pretrained)):
+                raise ScorerLoadError(f"scorer checkpoint not found: {pretrained}")
+            if not is_file:
+                pretrained, tag_cfg = resolve_open_clip_tag(name, str(pretrained), allow_download=allow_download,
+                                                            option="generator.scorer.pretrained")
+                if tag_cfg.get("quick_gelu"):  # e.g. RN50/openai was trained with QuickGELU
+                    overrides.setdefault("force_quick_gelu", True)
         try:
             model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None, **overrides)
         except Exception as exc:  # open_clip raises RuntimeError / AssertionError / KeyError on a mismatch
-            is_file = bool(pretrained) and Path(pretrained).is_file()
-            what = f"checkpoint {pretrained}" if is_file else f"pretrained={pretrained!r}"
+            what = f"checkpoint {pretrained}" if pretrained else "no weights"
             raise ScorerLoadError(f"cannot load scorer {name!r} from {what} (does it match the model config?): "
                                   f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        if not pretrained and hasattr(model, "text_decoder"):
-            model.text_decoder.init_parameters()  # open_clip 3.3 CoCa trap (DESIGN 4)
+        if not pretrained:
+            init_untrained_open_clip(model)
         size = model.visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else size
-        mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
-        std = getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
+        mean = tag_cfg.get("mean") or getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN
+        std = tag_cfg.get("std") or getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD
         return cls(model, open_clip.get_tokenizer(name), size, mean, std, device=device)
 
     @classmethod

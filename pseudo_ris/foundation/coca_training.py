@@ -83,7 +83,7 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
         rng = scene_rng("coca_sampling", cfg.seed, step)
         scenes = (scene_at("coca_train", cfg.seed, step * 1000 + i, cfg.scene) for i in range(1000))
         batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size, cfg.objects_per_scene, caption_cfg,
-                           cfg.prompt_text_prob)
+                           cfg.prompt_text_prob, cfg.sam_like_prob)
         positives = compatible(batch.stated, batch.objects)
         terms = coca_step_loss(bundle, batch.images, batch.captions, batch.texts, positives,
                                cfg.caption_loss_weight, cfg.clip_loss_weight)

@@ -62,10 +62,33 @@ class CocaTrainConfig:
     caption_loss_weight: float = 1.0
     clip_loss_weight: float = 1.0
     prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
+    sam_like_prob: float = 0.0         # crops cut from imperfect, SAM-like masks of the object (0: exact masks only)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     stop_after: int | None = None
     captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
+    scene: dict = field(default_factory=dict)
+
+
+@dataclass
+class ClipTrainConfig:
+    """The CLIP stand-in (tiny CRIS's encoders, also a DoC scorer) trained contrastively on generated scenes."""
+
+    arch: str = "clip_synthref"        # project open_clip config (pseudo_ris/configs)
+    steps: int = 2000
+    seed: int = 0
+    batch_size: int = 64
+    objects_per_scene: int = 4
+    scene_prob: float = 0.25           # whole scenes (as CRIS sees them) besides object views
+    lr: float = 1e-3
+    min_lr_frac: float = 0.05
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    prompt_text_prob: float = 0.3      # text rewritten as the DoC prompt "a photo of a {phrase}"
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+    stop_after: int | None = None
+    captions: dict = field(default_factory=dict)
     scene: dict = field(default_factory=dict)
 
 

@@ -27,7 +27,7 @@ from .config import GenericCaptionConfig
 FOUNDATION_TAG = 0x5EED_F0DA  # entropy word that marks foundation-model streams
 # scenes of each purpose, plus the per-step sampling rngs (prompts, crops, captions) of the two trainers
 STREAMS = {"sam_train": 1, "coca_train": 2, "sam_eval": 3, "coca_eval": 4, "test": 5, "sam_sampling": 6,
-           "coca_sampling": 7}
+           "coca_sampling": 7, "clip_train": 8, "clip_scenes": 9, "clip_sampling": 10, "clip_eval": 11}
 
 # Words generic captions may contain; everything else (locations, relations, comparatives) is distinctive.
 CAPTION_FILLER_WORDS: tuple[str, ...] = ("a", "an", "the", "in", "picture", "photo", "of")
@@ -217,9 +217,55 @@ class CocaBatch:
     views: list[int]            # which of the 4 views each crop is
 
 
+def _grow(mask: np.ndarray, steps: int, grow: bool) -> np.ndarray:
+    """4-neighbour dilation (``grow``) or erosion by ``steps`` pixels, in numpy."""
+    m = mask.copy()
+    for _ in range(steps):
+        padded = np.pad(m, 1, constant_values=not grow)
+        stack = [padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        m = np.logical_or.reduce(stack) if grow else np.logical_and.reduce(stack)
+    return m
+
+
+def sam_like_mask(mask: np.ndarray, rng: np.random.Generator, min_keep: float = 0.4) -> np.ndarray:
+    """A plausible error of an automatic mask generator on ``mask``: too loose or too tight by 1-3 px, a part cut
+    off by a straight line, a background blob attached, or shifted by a few pixels. Captioners trained only on exact
+    ground-truth masks misname shapes on such masks; training on them too teaches the shape from imperfect
+    outlines. A result keeping less than ``min_keep`` of the object (or nothing) falls back to the exact mask."""
+    h, w = mask.shape
+    area = int(mask.sum())
+    kind = int(rng.integers(4))
+    if kind == 0:
+        out = _grow(mask, int(rng.integers(1, 4)), grow=bool(rng.random() < 0.5))
+    elif kind == 1:  # keep one side of a random line through a random object pixel
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[:h, :w]
+        side = (xx - xs[k]) * np.cos(angle) + (yy - ys[k]) * np.sin(angle)
+        out = mask & (side <= rng.uniform(0.2, 1.0) * np.sqrt(area))
+    elif kind == 2:  # an ellipse of background glued to the object's border
+        ys, xs = np.nonzero(mask)
+        k = int(rng.integers(len(ys)))
+        r = max(2.0, np.sqrt(area) * rng.uniform(0.2, 0.5))
+        yy, xx = np.mgrid[:h, :w]
+        blob = ((yy - ys[k]) / r) ** 2 + ((xx - xs[k]) / (r * rng.uniform(0.5, 1.5))) ** 2 <= 1.0
+        out = mask | blob
+    else:
+        dy, dx = (int(v) for v in rng.integers(-3, 4, size=2))
+        out = np.zeros_like(mask)
+        out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
+            mask[max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+    return out if (out & mask).sum() >= min_keep * area and out.any() else mask
+
+
 def coca_batch(scenes: Iterable[Scene], rng: np.random.Generator, size: int, batch_size: int,
-               objects_per_scene: int, caption_cfg: GenericCaptionConfig, prompt_prob: float) -> CocaBatch:
-    """Crops of up to ``objects_per_scene`` random objects per scene, one random view each, with generic captions."""
+               objects_per_scene: int, caption_cfg: GenericCaptionConfig, prompt_prob: float,
+               sam_like_prob: float = 0.0) -> CocaBatch:
+    """Crops of up to ``objects_per_scene`` random objects per scene, one random view each, with generic captions.
+
+    ``sam_like_prob``: each object's crops are cut from a `sam_like_mask` of it with this probability (0 draws no
+    extra random numbers, so recipes without it give the same batches as before)."""
     images, captions, texts, stated_all, objects, views = [], [], [], [], [], []
     for scene in scenes:
         if len(images) >= batch_size:
@@ -227,6 +273,8 @@ def coca_batch(scenes: Iterable[Scene], rng: np.random.Generator, size: int, bat
         take = min(objects_per_scene, len(scene.objects), batch_size - len(images))
         chosen = rng.choice(len(scene.objects), size=take, replace=False)
         masks = np.stack([scene.objects[int(k)].mask for k in chosen])
+        if sam_like_prob > 0:
+            masks = np.stack([sam_like_mask(m, rng) if rng.random() < sam_like_prob else m for m in masks])
         all_views = object_views(scene.image, masks, size)
         for row, k in enumerate(chosen):
             obj = scene.objects[int(k)]

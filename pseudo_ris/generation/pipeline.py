@@ -28,6 +28,7 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.refer import load_rgb
 from pseudo_ris.filtering.doc import doc_scores
 from pseudo_ris.filtering.nouns import NounExtractor, noun_prompt
+from pseudo_ris.filtering.spatial_phrases import SpatialConfig, propose
 from pseudo_ris.generation.store import CandidateStore
 from pseudo_ris.masks.source import MaskSource, ObjectMask
 
@@ -88,6 +89,7 @@ class PseudoLabelPipeline:
     score_transform: str = "logit"
     seed: int = 0
     prompt_template: str = "a photo of {}"
+    spatial: SpatialConfig = field(default_factory=SpatialConfig)
 
     def score(self, image: np.ndarray, masks: list[ObjectMask], texts: list[str]
               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -106,6 +108,35 @@ class PseudoLabelPipeline:
         M = logits_m[:, [index[p] for p in prompts]].double().cpu().numpy()
         C = logits_c[:, [index[t] for t in texts]].double().cpu().numpy()
         return M, C, nouns
+
+    def _row(self, item: ImageItem, mi: int, rle: dict, cand_index: int, view: int, setting: str,
+             distinctive: bool, text: str, noun: str, M: np.ndarray, C: np.ndarray) -> dict:
+        """One stored candidate: its text, where it came from, and its scores against every mask (``M``, ``C``)."""
+        doc, uniq, corr = doc_scores(M, C, mi, self.score_transform)
+        return {
+            "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "mask_rle": rle,
+            "cand_index": cand_index,
+            "view": view, "view_name": VIEW_NAMES[view] if view < len(VIEW_NAMES) else str(view),
+            "setting": setting, "distinctive": distinctive,
+            "text": text, "noun": noun, "M": float(M[mi]), "C": float(C[mi]),
+            "M_all": [float(x) for x in M], "C_all": [float(x) for x in C],
+            "doc": doc, "uniqueness": uniq, "correctness": corr, "score_transform": self.score_transform,
+        }
+
+    def _spatial_rows(self, image: np.ndarray, masks: list[ObjectMask], item: ImageItem, rows: list[dict],
+                      rles: list[dict]) -> list[dict]:
+        """Candidates with a location / size phrase added (``spatial.enabled``), scored like every other one."""
+        if not self.spatial.enabled or not rows:
+            return []
+        h, w = image.shape[:2]
+        heads = [self.noun_extractor(r["text"]).head for r in rows]
+        proposals = propose(rows, heads, [m.bbox for m in masks], [m.area for m in masks], w, h, self.spatial)
+        if not proposals:
+            return []
+        M, C, nouns = self.score(image, masks, [p.text for p in proposals])
+        return [self._row(item, p.mask_index, rles[p.mask_index], len(rows) + k, int(rows[p.source]["view"]),
+                          f"spatial_{p.kind}", False, p.text, noun, M[:, k], C[:, k])
+                for k, (p, noun) in enumerate(zip(proposals, nouns))]
 
     def process(self, image: np.ndarray, item: ImageItem) -> tuple[dict, list[dict]]:
         """Image row (masks as RLE) and candidate rows for one decoded image."""
@@ -131,18 +162,9 @@ class PseudoLabelPipeline:
             texts = [c.text.strip() for _, c in cands]
             M, C, nouns = self.score(image, masks, texts)
             for k, ((mi, cand), text, noun) in enumerate(zip(cands, texts, nouns)):
-                doc, uniq, corr = doc_scores(M[:, k], C[:, k], mi, self.score_transform)
-                view = int(cand.view)
-                rows.append({
-                    "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "mask_rle": rles[mi],
-                    "cand_index": k,
-                    "view": view, "view_name": VIEW_NAMES[view] if view < len(VIEW_NAMES) else str(view),
-                    "setting": str(getattr(cand, "setting", "")),
-                    "distinctive": bool(getattr(cand, "distinctive", False)),
-                    "text": text, "noun": noun, "M": float(M[mi, k]), "C": float(C[mi, k]),
-                    "M_all": [float(x) for x in M[:, k]], "C_all": [float(x) for x in C[:, k]],
-                    "doc": doc, "uniqueness": uniq, "correctness": corr, "score_transform": self.score_transform,
-                })
+                rows.append(self._row(item, mi, rles[mi], k, int(cand.view), str(getattr(cand, "setting", "")),
+                                      bool(getattr(cand, "distinctive", False)), text, noun, M[:, k], C[:, k]))
+            rows += self._spatial_rows(image, masks, item, rows, rles)
         image_row["seconds"] = time.perf_counter() - t0
         return image_row, rows
 

@@ -7,8 +7,11 @@ same keys works (tests pass plain dicts).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,11 +21,12 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
+from pseudo_ris.filtering.spatial_phrases import SpatialConfig
 from pseudo_ris.filtering.scorer import ClipScorer
 from pseudo_ris.generation.pipeline import CocaCaptioner, PseudoLabelPipeline, RunStats, run_generation
 from pseudo_ris.generation.report import write_gallery
 from pseudo_ris.generation.sources import ImageSource, folder_source, refer_source, synthref_pool_source
-from pseudo_ris.generation.store import CandidateStore, load_all
+from pseudo_ris.generation.store import CandidateStore, StoreIndex, check_meta
 from pseudo_ris.generation.writer import filter_store
 from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 from pseudo_ris.data.plain import to_plain as _plain
@@ -100,7 +104,7 @@ def resolve_weights(value: Any, kind: str) -> Any:
     return str(shipped_paths()[kind])
 
 
-def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
+def build_captioner_bundle(cap: Mapping[str, Any], device: str, allow_download: bool = False) -> Any:
     from pseudo_ris.captioning import load_coca
 
     pretrained = resolve_weights(cap.get("pretrained"), "coca")
@@ -109,7 +113,7 @@ def build_captioner_bundle(cap: Mapping[str, Any], device: str) -> Any:
         tokenizer = _word_tokenizer(int(cap.get("context_length", 32)))
     if cap.get("seed") is not None:
         torch.manual_seed(int(cap["seed"]))  # random-init models: reproducible weights
-    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device,
+    return load_coca(cap.get("name") or "", pretrained, tokenizer=tokenizer, device=device, allow_download=allow_download,
                      **(cap.get("overrides") or {}))
 
 
@@ -125,7 +129,8 @@ def build_settings(dec: Mapping[str, Any]) -> list[Any]:
 def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPipeline:
     device = cfg.get("device", "cpu")
     gen = cfg["generator"]
-    bundle = build_captioner_bundle(gen["captioner"], device)
+    allow_download = bool(cfg.get("allow_download", False))
+    bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
     captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
@@ -133,7 +138,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     if sc["kind"] == "captioner":
         scorer = ClipScorer.from_coca_bundle(bundle, device=device)
     elif sc["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device)
+        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device,
+                                           allow_download=allow_download)
     else:
         raise GenerateConfigError(f"unknown scorer kind {sc['kind']!r}; choose captioner or open_clip")
 
@@ -155,8 +161,13 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
                                     detections=detections, sam_kwargs=sam_cfg, external_kwargs=ext, selection=sel)
     flt = cfg.get("filter", {})
     nouns = build_noun_extractor(flt.get("nouns", "auto"), bool(flt.get("keep_modifiers", True)))
+    try:
+        spatial = SpatialConfig(**(cfg.get("spatial") or {}))
+    except (TypeError, ValueError) as exc:
+        raise GenerateConfigError(f"spatial: {exc}") from exc
     return PseudoLabelPipeline(mask_source, captioner, scorer, nouns,
-                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)))
+                               score_transform=flt.get("score_transform", "logit"), seed=int(cfg.get("seed", 0)),
+                               spatial=spatial)
 
 
 def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
@@ -166,7 +177,9 @@ def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
             "masks": cfg["masks"], "sam": {k: v for k, v in (cfg.get("sam") or {}).items()},
             "selection": cfg.get("selection"), "captioner": gen["captioner"], "scorer": gen["scorer"],
             "decoding": cfg.get("decoding"), "seed": cfg.get("seed", 0), "num_shards": int(cfg.get("num_shards", 1)),
-            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")}}
+            "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")},
+            # only when on: stores made before spatial phrases existed stay resumable
+            **({"spatial": cfg["spatial"]} if (cfg.get("spatial") or {}).get("enabled") else {})}
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
@@ -174,17 +187,73 @@ def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
     return FilterPolicy(**{k: flt[k] for k in keys if k in flt})
 
 
-def generate_stage(cfg: Mapping[str, Any], source: ImageSource, on_image: Any = None) -> RunStats:
-    shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
-    store = CandidateStore(cfg["out_dir"], shard, num_shards, meta=run_meta(cfg, source))
-    if any(store.recovered.values()):
-        log.warning("recovered shard %d after an interruption: %s", shard, store.recovered)
+def _shard_items(cfg: Mapping[str, Any], source: ImageSource, shard: int, num_shards: int) -> list[Any]:
     items = source.shard(shard, num_shards)
     if cfg.get("max_images") is not None:
         items = items[: int(cfg["max_images"])]
+    return items
+
+
+def _weights_path(value: Any) -> bool:
+    """Whether a ``pretrained`` / ``checkpoint`` value names a file (rather than an open_clip tag)."""
+    text = str(value)
+    return os.sep in text or text.startswith("~") or text.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def validate_generation(cfg: Mapping[str, Any], source: ImageSource) -> None:
+    """Checks that need no model: weight files exist, the captioner is named, the source has images."""
+    cap = cfg["generator"]["captioner"]
+    pretrained = resolve_weights(cap.get("pretrained"), "coca")
+    if pretrained not in (None, "") and _weights_path(pretrained):
+        path = Path(str(pretrained)).expanduser()
+        if not path.is_file():
+            raise GenerateConfigError(f"CoCa weights file not found: {path} (generator.captioner.pretrained)")
+    elif not cap.get("name"):
+        raise GenerateConfigError("generator.captioner.name is empty: name an open_clip CoCa model or set "
+                                  "generator.captioner.pretrained=<project checkpoint file>")
+    sam = cfg.get("sam") or {}
+    if sam.get("checkpoint") == "shipped" and sam.get("name", "tiny") != "tiny" and cfg["masks"] in ("sam", "external"):
+        raise GenerateConfigError(f"sam.checkpoint=shipped is the tiny SynthRef SAM; sam.name={sam.get('name')} "
+                                  "needs sam.checkpoint=<its weights file>")
+    sam_ckpt = resolve_weights(sam.get("checkpoint"), "sam")
+    if cfg["masks"] in ("sam", "external") and sam_ckpt not in (None, "") and not Path(str(sam_ckpt)).expanduser() \
+            .is_file():
+        raise GenerateConfigError(f"SAM checkpoint not found: {sam_ckpt} (sam.checkpoint)")
+    if cfg.get("max_images") is not None and int(cfg["max_images"]) < 1:
+        raise GenerateConfigError(f"max_images={cfg['max_images']} must be >= 1 (or null for all images)")
+    if not source.items:
+        raise GenerateConfigError(f"the image source has no images: {source.description} ({source.image_dir})")
+
+
+class EmptyStageError(PseudoRISError):
+    """A stage received nothing to work on (no masks, no captions, nothing kept): the run is not useful."""
+
+
+def generate_stage(cfg: Mapping[str, Any], source: ImageSource, on_image: Any = None) -> RunStats:
+    shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
+    if not 0 <= shard < num_shards:
+        raise GenerateConfigError(f"shard={shard} must satisfy 0 <= shard < num_shards={num_shards}")
+    meta = run_meta(cfg, source)
+    check_meta(cfg["out_dir"], meta, write=False)  # a mismatched store fails before any model is built
+    validate_generation(cfg, source)
+    items = _shard_items(cfg, source, shard, num_shards)
     pipeline = build_pipeline(cfg, source)
-    return run_generation(items, pipeline, store, progress=bool(cfg.get("progress", True)), on_image=on_image,
-                          total=len(items))
+    store = CandidateStore(cfg["out_dir"], shard, num_shards, meta=meta)  # meta.json only after a good start
+    if any(store.recovered.values()):
+        log.warning("recovered shard %d after an interruption: %s", shard, store.recovered)
+    if not items:
+        print(f"shard {shard} of {num_shards} has no images ({len(source.items)} images in the source)")
+    stats = run_generation(items, pipeline, store, progress=bool(cfg.get("progress", True)), on_image=on_image,
+                           total=len(items))
+    if stats.processed and not stats.masks and not stats.unreadable:
+        raise EmptyStageError(f"no masks on any of the {stats.processed} images of this run (masks={cfg['masks']}, "
+                              f"sam.name={(cfg.get('sam') or {}).get('name')}): captioning and filtering received "
+                              "nothing; lower sam.pred_iou_thresh / sam.stability_score_thresh or use trained "
+                              "weights (the store is kept)")
+    if stats.masks and not stats.candidates:
+        raise EmptyStageError(f"{stats.masks} masks but no caption candidate (all captions empty): check the "
+                              "captioner weights and decoding settings (the store is kept)")
+    return stats
 
 
 def filter_stage(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
@@ -194,20 +263,43 @@ def filter_stage(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
     categories = list(source.dataset.categories.values()) if (source.dataset is not None and cfg["masks"] == "gt") \
         else None
     policy = policy_from_cfg(cfg.get("filter", {}))
+    num_shards = int(cfg.get("num_shards", 1))
+    expected = [len(_shard_items(cfg, source, i, num_shards)) for i in range(num_shards)]
+    report = cfg.get("report") or {}
     result = filter_store(out_dir, policy, dataset_root=cfg["out_root"], dataset_name=cfg["name"],
-                          image_dir=image_dir, categories=categories,
+                          image_dir=image_dir, categories=categories, num_shards=num_shards, expected=expected,
+                          allow_partial=bool(cfg.get("allow_partial", False)),
+                          sample_images=int(report.get("max_images", 20)),
                           extra_info={"out_dir": str(out_dir.resolve()), "source": source.description})
     summary = dict(result.summary)
     summary["source_images"] = len(source.items)
-    summary["complete"] = summary["images"] >= len(source.items) if cfg.get("max_images") is None else None
+    summary["complete"] = not (summary["shards"]["missing"] or summary["shards"]["incomplete"])
     summary["dataset"] = str(Path(cfg["out_root"]) / cfg["name"])
-    report = cfg.get("report") or {}
     if report.get("enabled", True):
         path = write_gallery(out_dir / "report.html", result.images, result.candidates, image_dir,
                              max_images=int(report.get("max_images", 20)), summary=summary)
         summary["report"] = str(path)
     atomic_write_json(out_dir / "summary.json", summary, indent=2)
+    if summary["candidates"] and not summary["kept"]:
+        print(f"warning: the filter kept none of the {summary['candidates']} candidates (filter.threshold="
+              f"{policy.threshold}, filter.fallback={policy.fallback}): the dataset {summary['dataset']} is empty",
+              file=sys.stderr)
     return summary
+
+
+def default_out_dir(cfg: Mapping[str, Any]) -> str:
+    """``outputs/generate/<dataset>_<source>_<masks>_<captioner>_<n>shards_<hash>``: one folder per generation
+    setup (the options that change the stored candidates), so different commands never share a store, while a
+    re-filter (``filter.*``), more images (``max_images``) or another shard of the same setup land in the same one."""
+    keyed = {k: cfg.get(k) for k in ("source", "dataset", "split", "data_root", "image_dir", "synthref", "masks",
+                                     "sam", "selection", "external", "generator", "decoding", "seed", "num_shards")}
+    keyed["nouns"] = {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")}
+    digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    dataset = cfg["dataset"]["name"] if isinstance(cfg["dataset"], Mapping) else str(cfg["dataset"])
+    cap = cfg["generator"]["captioner"]
+    cap_name = cap.get("name") or Path(str(cap.get("pretrained") or "coca")).stem
+    n = int(cfg.get("num_shards", 1))
+    return str(Path("outputs") / "generate" / f"{dataset}_{cfg['source']}_{cfg['masks']}_{cap_name}_{n}shards_{digest}")
 
 
 def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
@@ -216,24 +308,33 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     check_generate_options(cfg)  # every option that needs no images or models, before anything is written
     torch.set_num_threads(int(cfg.get("threads", 1)))
     stage = cfg.get("stage", "all")
+    if cfg.get("out_dir") in (None, "", "auto"):
+        cfg["out_dir"] = default_out_dir(cfg)
+    if cfg.get("out_root") in (None, ""):
+        cfg["out_root"] = cfg["out_dir"]
     source = build_image_source(cfg)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"out_dir": str(cfg["out_dir"])}
+    num_shards = int(cfg.get("num_shards", 1))
     if stage in ("all", "generate"):
         stats = generate_stage(cfg, source, on_image=on_image)
         out.update({"run_processed": stats.processed, "run_skipped_done": stats.skipped_done,
                     "run_masks": stats.masks, "run_candidates": stats.candidates,
                     "run_seconds": round(stats.seconds, 2), "images_per_second": round(stats.images_per_second, 3),
                     "run_unreadable": [u["file_name"] for u in stats.unreadable]})
-    if stage in ("all", "filter"):
+    if stage == "filter" or (stage == "all" and num_shards == 1):
         out.update(filter_stage(cfg, source))
-    elif stage == "generate":
-        images, cands = load_all(cfg["out_dir"])
-        out.update({"images": len(images), "candidates": len(cands)})
+    else:
+        index = StoreIndex.build(cfg["out_dir"])
+        out.update({"images": len(index), "candidates": sum(e[5] for e in index.entries),
+                    "shards_present": len(index.pairs)})
+        if stage == "all":  # the other shards may still run: merging now would filter a partial store
+            print(f"shard {cfg.get('shard')} of {num_shards} done; when every shard is done, run the same command "
+                  f"with stage=filter num_shards={num_shards} out_dir={cfg['out_dir']}")
     return out
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    keys = ["images", "images_ok", "images_no_masks", "images_unreadable", "masks", "masks_kept", "candidates",
+    keys = ["out_dir", "images", "images_ok", "images_no_masks", "images_unreadable", "masks", "masks_kept", "candidates",
             "kept", "mean_doc", "median_doc", "mean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
             "run_seconds", "images_per_second", "dataset", "report", "complete"]
     lines = [f"  {k}: {summary[k]}" for k in keys if k in summary]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +28,25 @@ META_FILE = "meta.json"
 
 class StoreError(PseudoRISError):
     """The candidate store is inconsistent with the requested run (other source, other shard layout)."""
+
+
+def remove_stale_temps(directory: str | os.PathLike, names: list[str]) -> list[Path]:
+    """Delete temporary files (``.<name>.*.tmp``, see `_rewrite`) left by a killed writer of the given files.
+
+    Only call it for files this process alone writes (its own shard, or the merge), so a live writer's temp
+    file is never removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for name in names:
+        for tmp in directory.glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def shard_suffix(shard: int, num_shards: int) -> str:
@@ -89,22 +109,12 @@ class CandidateStore:
         suffix = shard_suffix(shard, num_shards)
         self.candidates_path = self.out_dir / f"candidates.{suffix}.jsonl"
         self.images_path = self.out_dir / f"images.{suffix}.jsonl"
+        self.stale_temps = remove_stale_temps(self.out_dir, [self.candidates_path.name, self.images_path.name])
         if meta is not None:
-            self._check_meta(meta)
+            check_meta(self.out_dir, meta, write=True)
         self.done: dict[str, dict] = {}
         self.recovered = self._compact()
-
-    def _check_meta(self, meta: dict[str, Any]) -> None:
-        """A store belongs to one source + model setup: resuming with another would mix incomparable rows."""
-        path = self.out_dir / META_FILE
-        if path.exists():
-            old = json.loads(path.read_text())
-            diff = {k: (old.get(k), v) for k, v in meta.items() if k in old and old.get(k) != v}
-            if diff:
-                raise StoreError(f"{path} was written by a different run configuration {diff}; use another out_dir "
-                                 "or delete it")
-        else:
-            atomic_write_json(path, meta, indent=2)
+        self.images_path.touch()  # an empty shard (no images of its own) still shows up as present to the merge
 
     def _compact(self) -> dict[str, int]:
         """Drop torn lines, duplicate done rows and candidates of unfinished images; returns what was dropped."""
@@ -149,6 +159,37 @@ class CandidateStore:
         self.done[key] = image_row
 
 
+def has_finished_images(out_dir: str | os.PathLike) -> bool:
+    """Whether any shard of ``out_dir`` holds a finished image (a non-empty done-list)."""
+    return any(images.stat().st_size > 0 for images, _ in shard_files(out_dir))
+
+
+def check_meta(out_dir: str | os.PathLike, meta: dict[str, Any], *, write: bool) -> None:
+    """A store belongs to one source + model setup: resuming with another would mix incomparable rows.
+
+    A ``meta.json`` that differs is refused only when the store holds finished images; a failed start (meta
+    written, nothing generated) never blocks the corrected rerun: its meta is replaced. ``write=False`` checks
+    only (before models are built); ``write=True`` records ``meta`` when it is new."""
+    path = Path(out_dir) / META_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            if has_finished_images(out_dir):
+                raise StoreError(f"{path} is unreadable but the store holds finished images; use another out_dir")
+        else:
+            diff = {k: (old.get(k), v) for k, v in meta.items() if k in old and old.get(k) != v}
+            if not diff:
+                return
+            if has_finished_images(out_dir):
+                raise StoreError(f"{path} was written by a different run configuration {diff}; use another out_dir "
+                                 "or delete it")
+    if write:
+        atomic_write_json(path, meta, indent=2)
+
+
 def shard_files(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
     """(images, candidates) file pairs of every shard present in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -160,22 +201,135 @@ def shard_files(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 
 def load_all(out_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """Merge every shard: (image rows, candidate rows of finished images), deduplicated by image key.
+    """Merge every shard in memory: (image rows, candidate rows of finished images), deduplicated by image key.
 
-    Read-only: a shard still being written contributes its finished images only.
-    """
-    images: dict[str, dict] = {}
+    For small stores and analysis; the filter stage streams with `StoreIndex` instead. Read-only: a shard still
+    being written contributes its finished images only."""
+    images: list[dict] = []
     candidates: list[dict] = []
-    for images_path, cand_path in shard_files(out_dir):
-        shard_images = {}
-        for row in read_rows(images_path):
-            if row.get("key") not in images and row.get("key") not in shard_images:
-                shard_images[row["key"]] = row
-        counts: dict[str, int] = {}
-        for row in read_rows(cand_path):
-            key = row.get("key")
-            if key in shard_images and counts.get(key, 0) < int(shard_images[key].get("n_candidates", 0)):
-                counts[key] = counts.get(key, 0) + 1
-                candidates.append(row)
-        images.update(shard_images)
-    return list(images.values()), candidates
+    for image_row, rows in StoreIndex.build(out_dir).iter_images():
+        images.append(image_row)
+        candidates.extend(rows)
+    return images, candidates
+
+
+_KEY_TAIL = b'"key": '
+
+
+def _line_key(line: bytes) -> str | None:
+    """The image key of a candidate line without parsing the whole row (rows end with ``"key": "<key>"}``)."""
+    i = line.rfind(_KEY_TAIL)
+    if i >= 0 and line.endswith(b"}\n"):
+        try:
+            value = json.loads(line[i + len(_KEY_TAIL):-2])
+            if isinstance(value, str):
+                return value
+        except ValueError:
+            pass
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    key = row.get("key") if isinstance(row, dict) else None
+    return key if isinstance(key, str) else None
+
+
+@dataclass
+class StoreIndex:
+    """Where each finished image's rows lie in the shard files (byte offsets only, no row is kept).
+
+    Building it reads every line once; `iter_images` then yields one image at a time, in (image_id, key) order
+    whatever the shard layout, so a merge of any store size holds one image's candidates in memory (plus this
+    index, a few numbers per image). Semantics equal the in-memory merge: an image key is taken from the first
+    shard (file order) that finished it, torn or corrupt lines are skipped, at most ``n_candidates`` rows per image.
+    """
+
+    pairs: list[tuple[Path, Path]]
+    # (image_id, key, pair index, done-row offset, candidate runs [(start, end)], n_candidates), sorted
+    entries: list[tuple[int, str, int, int, list[tuple[int, int]], int]] = field(default_factory=list)
+    per_shard: dict[str, int] = field(default_factory=dict)  # shard suffix -> finished images (after dedup)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # image key -> every shard suffix holding it
+
+    @staticmethod
+    def suffix(images_path: Path) -> str:
+        return images_path.name[len("images."):-len(".jsonl")]
+
+    @classmethod
+    def build(cls, out_dir: str | os.PathLike) -> "StoreIndex":
+        index = cls(shard_files(out_dir))
+        seen: dict[str, list[str]] = {}
+        entries = []
+        for p, (images_path, cand_path) in enumerate(index.pairs):
+            suffix = cls.suffix(images_path)
+            done: dict[str, tuple[int, int, int]] = {}  # key -> (image_id, offset, n_candidates)
+            with open(images_path, "rb") as handle:
+                offset = 0
+                for line in handle:
+                    start, offset = offset, offset + len(line)
+                    if not line.endswith(b"\n"):
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(row, dict) or not isinstance(row.get("key"), str) or row["key"] in done:
+                        continue
+                    done[row["key"]] = (int(row.get("image_id", 0)), start, int(row.get("n_candidates", 0)))
+            runs: dict[str, list[tuple[int, int]]] = {}
+            if cand_path.exists():
+                with open(cand_path, "rb") as handle:
+                    offset, run_key, run_start = 0, None, 0
+                    for line in handle:
+                        start, offset = offset, offset + len(line)
+                        key = _line_key(line) if line.endswith(b"\n") else None
+                        if key != run_key:
+                            if run_key in done:
+                                runs.setdefault(run_key, []).append((run_start, start))
+                            run_key, run_start = key, start
+                    if run_key in done:
+                        runs.setdefault(run_key, []).append((run_start, offset))
+            kept = 0
+            for key, (image_id, start, n_cand) in done.items():
+                holders = seen.setdefault(key, [])
+                holders.append(suffix)
+                if len(holders) == 1:
+                    entries.append((image_id, key, p, start, runs.get(key, []), n_cand))
+                    kept += 1
+            index.per_shard[suffix] = kept
+        index.duplicates = {k: v for k, v in seen.items() if len(v) > 1}
+        entries.sort(key=lambda e: (e[0], e[1]))
+        index.entries = entries
+        return index
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def iter_images(self) -> Iterator[tuple[dict, list[dict]]]:
+        """(done row, candidate rows) per finished image, one image at a time."""
+        handles: dict[int, tuple[Any, Any]] = {}
+        try:
+            for _, key, p, image_offset, runs, n_cand in self.entries:
+                if p not in handles:
+                    images_path, cand_path = self.pairs[p]
+                    handles[p] = (open(images_path, "rb"), open(cand_path, "rb") if cand_path.exists() else None)
+                img_handle, cand_handle = handles[p]
+                img_handle.seek(image_offset)
+                image_row = json.loads(img_handle.readline())
+                rows: list[dict] = []
+                for start, end in runs:
+                    if len(rows) >= n_cand or cand_handle is None:
+                        break
+                    cand_handle.seek(start)
+                    for line in cand_handle.read(end - start).splitlines():
+                        try:
+                            row = json.loads(line)
+                        except ValueError:
+                            continue
+                        if isinstance(row, dict) and row.get("key") == key and len(rows) < n_cand:
+                            rows.append(row)
+                yield image_row, rows
+        finally:
+            for pair in handles.values():
+                for handle in pair:
+                    if handle is not None:
+                        handle.close()

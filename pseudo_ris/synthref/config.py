@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from pseudo_ris.synthref.scene import SceneConfig
 
 #: bump when generator code changes what it writes for the same config (invalidates every cached build)
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: segmentations written as a list holding one RLE dict (REFER getMask reads it)
 
 #: label splits of the unc-style datasets (synthref, synthref+); synthrefg (umd) merges testA+testB into "test"
 DEFAULT_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.70, "val": 0.08, "testA": 0.06, "testB": 0.06,

@@ -69,52 +69,52 @@ def _quiet_random_init() -> Iterator[None]:
 def _random_clip(arch: str, overrides: dict[str, Any]) -> nn.Module:
     import open_clip
 
+    from pseudo_ris.weights import init_untrained_open_clip
+
     with _quiet_random_init():
-        return open_clip.create_model(arch, pretrained=None, **overrides)
+        return init_untrained_open_clip(open_clip.create_model(arch, pretrained=None, **overrides))
 
 
-def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | None) -> nn.Module:
+def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | None, *,
+                allow_download: bool = False) -> nn.Module:
     """Build an open_clip CLIP ``arch`` (e.g. "RN50") with config ``overrides``; load ``pretrained`` weights.
 
-    ``pretrained`` is None (random init), an open_clip tag (e.g. "openai"; downloads through open_clip's cache) or
-    a local checkpoint file. A missing file raises ModelConfigError naming it.
+    ``pretrained`` is None (random init), an open_clip tag (e.g. "openai"; read from open_clip's local cache, fetched
+    only with ``allow_download``) or a local checkpoint file. A missing file raises ModelConfigError naming it.
     """
     import open_clip
+
+    from pseudo_ris.weights import resolve_open_clip_tag
 
     overrides = dict(overrides or {})
     if pretrained is None:
         return _random_clip(arch, overrides)
     pretrained = str(pretrained)
-    if _looks_like_path(pretrained):
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
+    if not _looks_like_path(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
             raise ModelConfigError(
-                f"CLIP checkpoint file not found: {path} (pretrained= takes an open_clip tag such as 'openai' "
-                f"or the path of a local CLIP checkpoint, e.g. OpenAI's RN50.pt)"
+                f"unknown open_clip pretrained tag {pretrained!r} for {arch!r}; known tags: {tags} "
+                f"(or give the path of a local checkpoint file)"
             )
-        model = _random_clip(arch, overrides)
-        from open_clip.factory import resize_text_pos_embed
-
-        state = _clip_state_dict(path)
-        resize_text_pos_embed(state, model)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ModelConfigError(f"CLIP checkpoint {path} does not match architecture {arch!r}: {err}") from err
-        return model
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if pretrained not in tags:
+        pretrained = str(resolve_open_clip_tag(arch, pretrained, allow_download=allow_download,
+                                               option="model.pretrained")[0])
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
         raise ModelConfigError(
-            f"unknown open_clip pretrained tag {pretrained!r} for {arch!r}; known tags: {tags} "
-            f"(or give the path of a local checkpoint file)"
+            f"CLIP checkpoint file not found: {path} (pretrained= takes an open_clip tag such as 'openai' "
+            f"or the path of a local CLIP checkpoint, e.g. OpenAI's RN50.pt)"
         )
+    model = _random_clip(arch, overrides)
+    from open_clip.factory import resize_text_pos_embed
+
+    state = _clip_state_dict(path)
+    resize_text_pos_embed(state, model)
     try:
-        return open_clip.create_model(arch, pretrained=pretrained, **overrides)
-    except RuntimeError as err:  # download failed (offline) or weights do not fit the overridden architecture
-        raise ModelConfigError(
-            f"could not load open_clip weights {arch}/{pretrained}: {err}; without internet, download them "
-            f"elsewhere and pass the local file as pretrained=<path>"
-        ) from err
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelConfigError(f"CLIP checkpoint {path} does not match architecture {arch!r}: {err}") from err
+    return model
 
 
 class DenseAttentionPool(nn.Module):

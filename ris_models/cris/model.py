@@ -45,12 +45,14 @@ class CRISModel(RISModel):
         threshold: float = 0.35,
         backbone_lr_mult: float = 0.1,
         load_pretrained: bool = True,
+        allow_download: bool = False,
     ) -> None:
         super().__init__()
         self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
                      backbone_lr_mult=backbone_lr_mult, stride_reason="ResNet stride")
 
-        clip = create_clip(clip_arch, pretrained if load_pretrained else None, clip_overrides)
+        clip = create_clip(clip_arch, pretrained if load_pretrained else None, clip_overrides,
+                           allow_download=allow_download)
         self.image_encoder = ClipImageEncoder(clip.visual)
         self.text_encoder = ClipTextEncoder(clip)
         del clip  # logit scale etc. are not used

@@ -48,6 +48,7 @@ class LAVTModel(RISModel):
         class_weights: Sequence[float] = (0.9, 1.1),
         backbone_lr_mult: float = 1.0,
         load_pretrained: bool = True,
+        allow_download: bool = False,
     ) -> None:
         super().__init__()
         self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
@@ -55,10 +56,11 @@ class LAVTModel(RISModel):
 
         if bert_path is not None:
             check_bert_path(bert_path)
-        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens)
+        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, allow_download)
         if bert_path is None and bert_config is not None and "vocab_size" not in bert_config:
             bert_config = {**bert_config, "vocab_size": self.tokenizer.vocab_size}  # size the embedding to the vocab
-        self.text_encoder = build_bert(bert_path, bert_config, load_weights=load_pretrained)
+        self.text_encoder = build_bert(bert_path, bert_config, load_weights=load_pretrained,
+                                       allow_download=allow_download)
         vocab = self.text_encoder.config.vocab_size
         if self.tokenizer.vocab_size > vocab:
             raise ModelConfigError(f"tokenizer has {self.tokenizer.vocab_size} tokens but BERT's vocabulary is {vocab}")
@@ -123,13 +125,14 @@ class LAVTModel(RISModel):
         return [g for g in groups if g["params"]]
 
 
-def _build_tokenizer(bert_path: str | None, vocab_file: str | None, max_tokens: int) -> WordPieceTokenizer:
+def _build_tokenizer(bert_path: str | None, vocab_file: str | None, max_tokens: int,
+                     allow_download: bool = False) -> WordPieceTokenizer:
     """An explicit vocab file wins, else the BERT directory's vocab.txt. Never a silent fallback: token ids must
     match the ones the text encoder was trained with."""
     if vocab_file is not None:
         return WordPieceTokenizer(resolve_asset(vocab_file), max_length=max_tokens)
     if bert_path is not None:
-        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens)
+        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens, allow_download=allow_download)
     raise ModelConfigError(
         "LAVT needs a vocabulary: give bert_path=<BERT directory> or vocab_file=<vocab.txt> "
         f"(e.g. the shipped {ASSETS_DIR.name}/synthref_wordpiece.txt)"

@@ -1,0 +1,161 @@
+"""What a reproduction runs: the table's rows and columns, the resolved plan, and the order of its runs.
+
+A plan is ``conf/reproduce.yaml`` with one profile applied; every other part of the reproduction reads it and
+nothing else, so the same plan always names the same runs in the same directories.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.plain import to_plain as _plain
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ReproduceConfigError(PseudoRISError):
+    """An invalid reproduction option (unknown row, profile, model)."""
+
+
+DEFAULT_OUT_DIR = "outputs/reproduce"
+DEFAULT_RESULTS_MD = "docs/results.md"
+
+
+def results_page_path(cfg: Mapping[str, Any]) -> Path:
+    """``results_md``, or by default: the repository's docs/results.md for the default ``out_dir`` (the command in
+    the README), else ``<out_dir>/results.md``, so that another reproduction never overwrites the tracked page."""
+    if cfg.get("results_md"):
+        return Path(str(cfg["results_md"])).expanduser()
+    out_dir = str(cfg.get("out_dir") or DEFAULT_OUT_DIR)
+    if Path(out_dir).expanduser() == Path(DEFAULT_OUT_DIR):
+        return Path(DEFAULT_RESULTS_MD)
+    return Path(out_dir).expanduser() / "results.md"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    kind: str                 # zero_shot | pseudo | human | mixed
+    store: str | None = None  # a key of STORES (pseudo-label store / zero-shot mask source)
+    variant: str | None = None
+    ratio: float = 1.0
+
+
+#: candidate stores a row can draw from: name -> overrides of conf/generate.yaml
+STORES: dict[str, tuple[str, ...]] = {
+    "sam": ("masks=sam",),
+    "gt": ("masks=gt",),
+    "sam_spatial": ("masks=sam", "spatial.enabled=true"),  # + location / size phrases (beyond the paper)
+}
+
+ROWS: dict[str, Row] = {
+    "zero_shot": Row("zero-shot: SAM masks ranked by the CLIP scorer", "zero_shot", store="sam"),
+    "zero_shot_gt": Row("zero-shot: GT masks ranked by the CLIP scorer", "zero_shot", store="gt"),
+    "beam": Row("pseudo: beam search only", "pseudo", "sam", "beam"),
+    "distinctive": Row("pseudo: + distinctive sampling (no filter)", "pseudo", "sam", "beam_distinctive"),
+    "full": Row("pseudo: + DoC filtering (full method)", "pseudo", "sam", "full"),
+    "full_gt": Row("pseudo, GT masks (`masks=gt`), full method", "pseudo", "gt", "full"),
+    "full_spatial": Row("pseudo: full method + spatial phrases", "pseudo", "sam_spatial", "full"),
+    "human_100": Row("human 100 %", "human", ratio=1.0),
+    "human_10": Row("human 10 %", "human", ratio=0.1),
+    "mixed_10": Row("human 10 % + pseudo (full)", "mixed", "sam", "full", ratio=0.1),
+}
+
+#: table columns: (dataset, split, header)
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("synthref", "val", "SR val"), ("synthref", "testA", "SR testA"), ("synthref", "testB", "SR testB"),
+    ("synthref+", "val", "SR+ val"), ("synthref+", "testA", "SR+ testA"), ("synthref+", "testB", "SR+ testB"),
+    ("synthrefg", "val", "SRg val"), ("synthrefg", "test", "SRg test"), ("synthref", "unseen", "unseen"))
+
+
+
+def compose(config_name: str, overrides: Sequence[str]) -> dict:
+    """A config of ``conf/`` composed with Hydra's compose API (outside any running Hydra app)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return _plain(hydra_compose(config_name, overrides=list(overrides)))
+
+
+@dataclass
+class Plan:
+    """The resolved options of one reproduction (``conf/reproduce.yaml`` + the chosen profile)."""
+
+    profile: str
+    seeds: list[int]
+    models: list[str]
+    datasets: list[str]
+    rows: list[str]
+    max_steps: int
+    val_every: int
+    limit_eval: int | None
+    gen_max_images: int | None
+    plain_sampling: bool
+    out_dir: Path
+    results_md: Path
+    data_root: Path
+    train_overrides: list[str]
+    generate_overrides: list[str]
+    cache_dir: str
+    gallery_images: int = 8
+    notes_md: Path | None = None
+    trainer: str = "cpu"      # conf/trainer group of every training (gpu / ddp for profile=full on GPUs)
+    device: str = "cpu"       # device of generation and the zero-shot ranker (cuda on GPUs)
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any], data_root: Path) -> "Plan":
+        cfg = _plain(cfg)
+        name = cfg["profile"]
+        if name not in cfg["profiles"]:
+            raise ReproduceConfigError(f"unknown profile {name!r}; choose one of {sorted(cfg['profiles'])}")
+        p = {**cfg["profiles"][name], **{k: v for k, v in (cfg.get("override") or {}).items() if v is not None}}
+        bad = [r for r in p["rows"] if r not in ROWS]
+        if bad:
+            raise ReproduceConfigError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
+        if not p["datasets"] or p["datasets"][0] != "synthref":
+            raise ReproduceConfigError("datasets must start with synthref (pseudo rows select checkpoints on it)")
+        return cls(profile=name, seeds=[int(s) for s in p["seeds"]], models=list(p["models"]),
+                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=int(p["max_steps"]),
+                   val_every=int(p["val_every"]), limit_eval=p.get("limit_eval"),
+                   gen_max_images=p.get("gen_max_images"), plain_sampling=bool(p.get("plain_sampling", False)),
+                   out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
+                   data_root=data_root, train_overrides=list(cfg.get("train_overrides") or []),
+                   generate_overrides=list(cfg.get("generate_overrides") or []), cache_dir=str(cfg["cache_dir"]),
+                   gallery_images=int(cfg.get("gallery_images", 8)),
+                   notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None,
+                   trainer=str(cfg.get("trainer") or "cpu"), device=str(cfg.get("device") or "cpu"))
+
+
+def _q(key: str, value: Any) -> str:
+    """A Hydra override with a quoted value (paths may hold ``~``, ``+``, ``=``)."""
+    return f"{key}={json.dumps(str(value))}"
+
+
+def run_dir(plan: Plan, model: str, row: str, dataset: str, seed: int) -> Path:
+    return plan.out_dir / "runs" / model / row / dataset / f"s{seed}"
+
+
+def planned_runs(plan: Plan) -> list[tuple[str, str, str, int]]:
+    """(model, row, training dataset, seed) in execution order; zero-shot rows are model- and seed-free.
+
+    Order: zero-shot rows, then training dataset (pseudo rows train on the first only), seed, model, row; so a
+    partial run (time out, Ctrl-C) leaves whole seeds of the first dataset rather than all seeds of a few rows."""
+    runs = [("-", row, "all", 0) for row in plan.rows if ROWS[row].kind == "zero_shot"]
+    for ds in plan.datasets:
+        for seed in plan.seeds:
+            for model in plan.models:
+                for row in plan.rows:
+                    kind = ROWS[row].kind
+                    if kind in ("human", "mixed") or (kind == "pseudo" and ds == plan.datasets[0]):
+                        runs.append((model, row, ds, seed))
+    return runs
+
+

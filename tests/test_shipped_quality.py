@@ -1,0 +1,200 @@
+"""The shipped SynthRef SAM and CoCa hold the quality figures their reports and the README state.
+
+The figures are re-measured here on a few held-out scenes (the reports' ``sam_eval`` / ``coca_eval`` streams) with
+code written for the test: segment_anything's own automatic generator and predictor, CoCa's own forward pass, and
+IoU / argmax by hand, not the project's evaluation functions. A small sample is noisy, so the measured value must
+reach the shipped one minus a margin; the margins are far tighter than what a broken or untrained model gives
+(random-init SAM: recall ~0; random CoCa: shape accuracy ~1/9). The slow variants use more scenes and tighter
+margins.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "pseudo_ris" / "assets" / "foundation"
+
+
+def _report(name: str) -> dict:
+    return json.loads((ASSETS / name).read_text())["summary"]
+
+
+SAM8 = _report("sam_quality_pps8_nms05.json")
+COCA = _report("coca_quality.json")
+
+
+# ---------------------------------------------------------------- the documents quote the reports
+
+
+def _close(quoted: str, value: float, decimals: int) -> bool:
+    return abs(float(quoted) - value) <= 0.5 * 10 ** -decimals + 1e-9  # rounding, either way at the half
+
+
+def test_readme_quotes_the_shipped_reports():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"recall ([0-9.]+) @ IoU 0\.5 with ([0-9.]+) masks per image", text)
+    assert m, "README: SAM recall sentence missing"
+    assert _close(m.group(1), SAM8["recall@0.5"], 2) and _close(m.group(2), SAM8["masks_per_image"], 1)
+    m = re.search(r"names the shape right (\d+) % of the time and colour (\d+) % under forced choice, but size only "
+                  r"(\d+) %", text)
+    assert m, "README: CoCa quality sentence missing"
+    assert _close(m.group(1), 100 * COCA["greedy_shape_acc"], 0)
+    assert _close(m.group(2), 100 * COCA["forced_colour_acc"], 0)
+    assert _close(m.group(3), 100 * COCA["forced_size_acc"], 0)
+
+
+def test_assets_readme_quotes_the_shipped_reports():
+    text = (ASSETS / "README.md").read_text()
+    sam16 = _report("sam_quality.json")
+    m = re.search(r"\*\*mean IoU ([0-9.]+)\*\*", text)
+    assert m and _close(m.group(1), sam16["prompted_best_of_3_iou"], 3)
+    m = re.search(r"\| \*\*8\*\* \| \*\*0\.5 / 0\.8\*\* \| \*\*0\.5\*\* \| \*\*([0-9.]+)\*\* \| \*\*([0-9.]+)\*\* \| "
+                  r"\*\*([0-9.]+)\*\* \| \*\*([0-9.]+)\*\* \|", text)
+    assert m, "assets README: the recommended SAM row is missing"
+    for quoted, key, decimals in zip(m.groups(), ("recall@0.5", "recall@0.75", "precision@0.5", "masks_per_image"),
+                                     (3, 3, 3, 2)):
+        assert _close(quoted, SAM8[key], decimals), key
+    m = re.search(r"\| forced slot after \"the\" \(argmax within the word class\) \| ([0-9.]+) \| ([0-9.]+) \| "
+                  r"([0-9.]+) \|", text)
+    assert m, "assets README: the forced-slot row is missing"
+    for quoted, key in zip(m.groups(), ("forced_shape_acc", "forced_colour_acc", "forced_size_acc")):
+        assert _close(quoted, COCA[key], 3), key
+    m = re.search(r"scene\): \*\*([0-9.]+)\*\*", text)
+    assert m and _close(m.group(1), COCA["in_scene_retrieval_acc"], 3)
+
+
+# ---------------------------------------------------------------- SAM, re-measured
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[P, H, W] x [G, H, W] -> [P, G] mask IoU."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return inter / np.maximum(union, 1)
+
+
+def measure_sam(n_scenes: int) -> dict:
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+
+    from pseudo_ris.foundation.data import scene_at
+    from pseudo_ris.foundation.registry import shipped_paths
+    from pseudo_ris.masks.sam import build_sam
+
+    sam = build_sam("tiny", checkpoint=shipped_paths()["sam"])
+    amg = SamAutomaticMaskGenerator(sam, points_per_side=8, pred_iou_thresh=0.5, stability_score_thresh=0.8,
+                                    box_nms_thresh=0.7)
+    predictor = SamPredictor(sam)
+    found, n_gt, n_pred, prompted = 0, 0, 0, []
+    for i in range(n_scenes):
+        scene = scene_at("sam_eval", 0, i)
+        gt = np.stack([o.mask for o in scene.objects])
+        pred = [r["segmentation"] for r in amg.generate(scene.image)]
+        n_gt += len(gt)
+        n_pred += len(pred)
+        if pred:
+            found += int((_iou(np.stack(pred), gt).max(0) >= 0.5).sum())
+        predictor.set_image(scene.image)
+        for obj in scene.objects:  # one click on the object pixel nearest its centroid, best of 3 outputs
+            ys, xs = np.nonzero(obj.mask)
+            k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+            out, _, _ = predictor.predict(point_coords=np.array([[xs[k] + 0.5, ys[k] + 0.5]]),
+                                          point_labels=np.array([1]), multimask_output=True)
+            prompted.append(float(_iou(out, obj.mask[None]).max()))
+    return {"recall@0.5": found / n_gt, "masks_per_image": n_pred / n_scenes, "prompted": float(np.mean(prompted)),
+            "objects": n_gt}
+
+
+def _check_sam(got: dict, margin: float) -> None:
+    raw = SAM8["raw_amg"]  # the generator's raw output, before the project's selection
+    assert got["recall@0.5"] >= raw["recall@0.5"] - margin, got
+    assert got["prompted"] >= SAM8["prompted_best_of_3_iou"] - margin, got
+    assert raw["masks_per_image"] / 2 <= got["masks_per_image"] <= raw["masks_per_image"] * 2, got
+
+
+def test_shipped_sam_quality_on_a_few_scenes():
+    got = measure_sam(4)
+    assert got["objects"] >= 12
+    _check_sam(got, margin=0.15)
+
+
+@pytest.mark.slow
+def test_shipped_sam_quality_on_more_scenes():
+    _check_sam(measure_sam(30), margin=0.06)
+
+
+# ---------------------------------------------------------------- CoCa, re-measured
+
+
+def measure_coca(n_scenes: int) -> dict:
+    from pseudo_ris.captioning import load_coca
+    from pseudo_ris.foundation.data import object_views, scene_at
+    from pseudo_ris.foundation.registry import shipped_paths
+    from pseudo_ris.synthref.vocab import COLOURS, SHAPES, SIZES
+
+    bundle = load_coca("coca_tiny", shipped_paths()["coca"])
+    model, tok = bundle.model, bundle.tokenizer
+    word = {w: i for i, w in enumerate(tok.vocab)}
+    colour_ids = torch.tensor([word[c] for c in COLOURS])
+    texts = [(sz, c, sh) for sz in SIZES for c in COLOURS for sh in SHAPES]
+    mean = torch.tensor(bundle.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bundle.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        text_feats = model.encode_text(tok.encode([f"a {sz} {c} {sh}" for sz, c, sh in texts]), normalize=True)
+    n, greedy_ok, forced_colour_ok, zeroshot_ok = 0, 0, 0, 0
+    for i in range(n_scenes):
+        scene = scene_at("coca_eval", 0, i)
+        views = object_views(scene.image, np.stack([o.mask for o in scene.objects]), bundle.image_size)
+        pixels = (views.flatten(0, 1) - mean) / std  # [N*4, 3, S, S], object-major
+        truth = [o for o in scene.objects for _ in range(views.shape[1])]
+        with torch.no_grad():
+            feats = model.encode_image(pixels, normalize=True)
+            the = torch.tensor([[tok.sot_id, word["the"]]]).expand(len(pixels), -1)
+            forced = model(pixels, the, output_labels=False)["logits"][:, -1]
+            ids = torch.full((len(pixels), 1), tok.sot_id)
+            for _ in range(10):  # greedy captions, full recomputation at every step
+                z = model(pixels, ids, output_labels=False)["logits"][:, -1]
+                z[:, [tok.pad_id, tok.sot_id]] = float("-inf")
+                ids = torch.cat([ids, z.argmax(-1, keepdim=True)], dim=1)
+                if bool((ids == tok.eot_id).any(dim=1).all()):
+                    break
+        best_text = (feats @ text_feats.T).argmax(-1)
+        for row, obj in enumerate(truth):
+            n += 1
+            words = []
+            for t in ids[row, 1:].tolist():
+                if t == tok.eot_id:
+                    break
+                words.append(tok.vocab[t])
+            greedy_ok += [w for w in words if w in SHAPES] == [obj.shape]
+            forced_colour_ok += COLOURS[int(forced[row, colour_ids].argmax())] == obj.colour
+            zeroshot_ok += texts[int(best_text[row])][2] == obj.shape
+    return {"greedy_shape": greedy_ok / n, "forced_colour": forced_colour_ok / n, "zeroshot_shape": zeroshot_ok / n,
+            "crops": n}
+
+
+def _check_coca(got: dict, margin: float) -> None:
+    assert got["greedy_shape"] >= COCA["greedy_shape_acc"] - margin, got
+    assert got["forced_colour"] >= COCA["forced_colour_acc"] - margin, got
+    assert got["zeroshot_shape"] >= COCA["zeroshot_shape_acc"] - margin, got
+
+
+def test_shipped_coca_quality_on_a_few_scenes():
+    got = measure_coca(3)
+    assert got["crops"] >= 40
+    _check_coca(got, margin=0.15)
+
+
+@pytest.mark.slow
+def test_shipped_coca_quality_on_more_scenes():
+    _check_coca(measure_coca(30), margin=0.06)
