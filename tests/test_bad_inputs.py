@@ -174,18 +174,19 @@ def test_train_bad_checkpoint(train_env, bad_checkpoints, kind, message):
 
 # ------------------------------------------------------------------------------------------------ evaluate.py
 def _evaluate(tmp_path: Path, *overrides: str) -> str:
-    from ris_models.evaluation import evaluate_checkpoint
+    from ris_models.evaluation import evaluate
 
     out = tmp_path / "eval_out"
     cfg = _compose("evaluate", [f"out_dir={out}", f"cache_dir={tmp_path / 'cache'}", "trainer=cpu", *overrides])
     with pytest.raises(PseudoRISError) as info:
-        evaluate_checkpoint(cfg)
+        evaluate(cfg)
     assert not out.exists() and not (tmp_path / "cache").exists()
     return _one_line(info.value)
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("payload", "ckpt: checkpoint {path} refused: it holds Python objects beyond tensors and plain data"),
+    ("payload", "ckpt: checkpoint {path} refused: it holds Python objects beyond tensors and plain data "
+                "(global exec); it was not loaded (it could run code)"),
     ("missing", "ckpt: checkpoint {path} not found"),
     ("truncated", "ckpt: checkpoint {path} is truncated or not a torch file"),
 ])
@@ -329,7 +330,7 @@ def _reproduce_cfg(tmp_path: Path, *dotlist: str):
 
 
 def test_report_only_on_an_empty_out_dir_writes_nothing(tmp_path):
-    from pseudo_ris.evaluation.reproduce import reproduce
+    from ris_models.reproduction import reproduce
 
     tracked = ROOT / "docs" / "results.md"
     before = tracked.read_bytes() if tracked.exists() else None
@@ -343,7 +344,7 @@ def test_report_only_on_an_empty_out_dir_writes_nothing(tmp_path):
 
 
 def test_reproduce_unknown_profile(tmp_path):
-    from pseudo_ris.evaluation.reproduce import reproduce
+    from ris_models.reproduction import reproduce
 
     with pytest.raises(PseudoRISError) as info:
         reproduce(_reproduce_cfg(tmp_path, "profile=huge", f"out_dir={tmp_path / 'o'}"), progress=lambda _: None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,10 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "GLOBAL" in line), "")
-        if detail:  # torch's weights-only unpickler met a global it does not allow
-            raise UnsafeFileError(f"{what} {path} refused: it holds Python objects beyond tensors and plain data"
-                                  f"{' (' + detail + ')' if detail else ''}; it was not loaded (it could run code)"
-                                  ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:  # torch's weights-only unpickler met a global it does not allow
+            raise UnsafeFileError(f"{what} {path} refused: it holds Python objects beyond tensors and plain data "
+                                  f"(global {found.group(1)}); it was not loaded (it could run code)") from None
         reason = next((line.strip() for line in first if "Unsupported" in line or "invalid" in line),
                       first[0] if first else "")
         raise UnreadableFileError(f"{what} {path} is truncated or not a torch file ({reason[:200]})") from None

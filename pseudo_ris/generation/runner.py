@@ -335,7 +335,7 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     keys = ["out_dir", "images", "images_ok", "images_no_masks", "images_unreadable", "masks", "masks_kept", "candidates",
-            "kept", "mean_doc", "median_doc", "mean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
+            "kept", "median_doc", "geomean_doc", "geomean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
             "run_seconds", "images_per_second", "dataset", "report", "complete"]
     lines = [f"  {k}: {summary[k]}" for k in keys if k in summary]
     for u in summary.get("unreadable", []):
