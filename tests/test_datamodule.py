@@ -145,3 +145,23 @@ def test_hflip_swaps_words_with_pixels(tiny_ris_data):
             assert cols.mean() > SIZE / 2
             assert "left" not in item["sentence"]
     assert _dm(tiny_ris_data, mode="human").hflip_prob == 0.0  # off by default
+
+
+def test_eval_geometry_follows_the_protocol(tiny_ris_data):
+    """LAVT's protocol stretches and resizes targets with NEAREST; CRIS's letterboxes by an affine warp."""
+    from ris_models.eval_transforms import resize_mask_nearest
+
+    lavt = _dm(tiny_ris_data, mode="human", input_size=48, eval_resize_mode="stretch", target_resize="nearest")
+    sample = lavt.eval_dataset("val")[0]
+    assert sample["meta"] == {"orig_h": 24, "orig_w": 32, "top": 0, "left": 0, "height": 48, "width": 48}
+    orig, meta = sample["orig_mask"].numpy(), resize_meta(24, 32, 48, "stretch")
+    assert torch.equal(sample["mask"], resize_mask_nearest(orig, meta, 48))
+    assert not torch.equal(sample["mask"], resize_mask(orig, meta, 48))  # here NEAREST and bilinear differ
+    project = _dm(tiny_ris_data, mode="human", input_size=48).eval_dataset("val")[0]
+    assert project["meta"]["top"] == 6 and project["meta"]["height"] == 36  # letterbox as in training
+    cris = _dm(tiny_ris_data, mode="human", input_size=48, eval_resize_mode="letterbox_affine").eval_dataset("val")[0]
+    # 24x32 into 48: s = 1.5, 6 rows of offset; rows 0 and 47 are beyond the cubic's reach: the mean colour (~0)
+    assert cris["image"][:, 0].abs().max() < 0.02 and cris["image"][:, 47].abs().max() < 0.02
+    assert cris["image"][:, 6:42].abs().max() > 0.5
+    with pytest.raises(DataConfigError, match="target_resize"):
+        _dm(tiny_ris_data, mode="human", target_resize="bicubic")

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import uncompressed_rle
 from pseudo_ris.data import GeometryError, ReferDataError, ReferDataset, make_sentence, write_refer_dataset
 from pseudo_ris.synthref import build_synthref
 
@@ -65,27 +66,29 @@ def test_every_synthref_ref_decodes_with_refer_get_mask(synthref_root):
 
 
 def test_pseudo_writer_output_decodes_with_refer_get_mask(synthref_root, tmp_path):
-    """The generation writer's records (masks from the candidate store's RLEs), written as filter_store does."""
+    """The generation writer's records (masks from the candidate store's RLEs), streamed as filter_store does."""
     from pseudo_ris.data.masks import mask_to_bbox, mask_to_rle
-    from pseudo_ris.generation.writer import FilterResult, build_refer_records
+    from pseudo_ris.data.refer_stream import ReferStreamWriter
+    from pseudo_ris.generation.writer import DEFAULT_CATEGORY, _Ids, image_records
 
     pool = ReferDataset(synthref_root, "synthref_pool")
-    images, candidates = [], []
+    writer = ReferStreamWriter(tmp_path, "pseudo", split_by="pseudo", categories=[DEFAULT_CATEGORY],
+                               image_dir=str(pool.image_dir))
+    ids, n_masks = _Ids(), 0
     for image_id in sorted(pool.images)[:2]:
         image = pool.images[image_id]
         masks = [pool.ann_mask(a["id"]) for a in pool.anns_by_image[image_id]]
         key = f"img{image_id}"
-        images.append({"key": key, "image_id": image_id, "file_name": image["file_name"], "status": "ok",
-                       "height": image["height"], "width": image["width"],
-                       "masks": [{"index": i, "rle": mask_to_rle(m), "area": int(m.sum()), "bbox": mask_to_bbox(m),
-                                  "score": 1.0, "source": "gt"} for i, m in enumerate(masks)]})
-        candidates += [{"key": key, "image_id": image_id, "mask_index": i, "cand_index": 0, "kept": True,
-                        "doc": 1.5, "correctness": 0.3, "text": f"object {i}", "setting": 0, "view": 0}
-                       for i in range(len(masks))]
-    imgs, anns, cats, refs = build_refer_records(FilterResult(images, candidates))
-    write_refer_dataset(tmp_path, "pseudo", split_by="pseudo", images=imgs, annotations=anns, categories=cats,
-                        refs=refs, image_dir=str(pool.image_dir))
-    assert _check_every_ref_decodes_like_refer(tmp_path, "pseudo") == len(candidates) > 0
+        img = {"key": key, "image_id": image_id, "file_name": image["file_name"], "status": "ok",
+               "height": image["height"], "width": image["width"],
+               "masks": [{"index": i, "rle": mask_to_rle(m), "area": int(m.sum()), "bbox": mask_to_bbox(m),
+                          "score": 1.0, "source": "gt"} for i, m in enumerate(masks)]}
+        rows = [{"key": key, "image_id": image_id, "mask_index": i, "cand_index": 0, "kept": True, "doc": 1.5,
+                 "correctness": 0.3, "text": f"object {i}", "setting": 0, "view": 0} for i in range(len(masks))]
+        writer.add(*image_records(img, rows, [DEFAULT_CATEGORY], ids))
+        n_masks += len(masks)
+    writer.close()
+    assert _check_every_ref_decodes_like_refer(tmp_path, "pseudo") == n_masks > 0
 
 
 @pytest.mark.slow
@@ -128,18 +131,6 @@ def _rle(mask: np.ndarray, as_str: bool = True) -> dict:
     return {"size": list(rle["size"]), "counts": rle["counts"].decode() if as_str else rle["counts"]}
 
 
-def _uncompressed(mask: np.ndarray) -> dict:
-    flat = mask.flatten(order="F").astype(int)
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
-
-
 def _box(h, w, y0, y1, x0, x1) -> np.ndarray:
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
@@ -151,10 +142,10 @@ def test_reader_accepts_every_coco_form_and_unions_overlaps(tmp_path):
     union = a | b
     forms = {
         "bare compressed RLE (our old files)": (_rle(a), a),
-        "bare uncompressed RLE (iscrowd)": (_uncompressed(a), a),
+        "bare uncompressed RLE (iscrowd)": (uncompressed_rle(a), a),
         "list of one RLE (REFER form)": ([_rle(a)], a),
         "list of two overlapping RLEs": ([_rle(a), _rle(b)], union),
-        "list of uncompressed RLEs": ([_uncompressed(a), _uncompressed(b)], union),
+        "list of uncompressed RLEs": ([uncompressed_rle(a), uncompressed_rle(b)], union),
     }
     for what, (seg, expected) in forms.items():
         ds = ReferDataset(_tiny_dataset(tmp_path / what.replace(" ", "_"), seg), "tiny")
@@ -238,3 +229,19 @@ def test_writer_refuses_a_mask_of_the_wrong_size(tmp_path):
         write_refer_dataset(tmp_path, "bad", split_by="pseudo", images=images, annotations=anns,
                             categories=[], refs=refs)
     assert not (tmp_path / "bad").exists()
+
+
+def test_data_module_finds_a_missing_image_before_training(tiny_ris_data):
+    from ris_models.datamodule import RISDataModule
+
+    kwargs = dict(input_size=32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    image = tiny_ris_data["data_root"] / "images" / "tiny" / "0003.png"  # a train image (ids 0..9 are train)
+    image.unlink()
+    dm = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="human", **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref not found"):
+        dm.train_dataset()
+    pseudo = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="pseudo",
+                           pseudo_root=tiny_ris_data["pseudo_root"], pseudo_name=tiny_ris_data["pseudo_name"], **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref_pseudo not found"):
+        pseudo.train_dataset()
+    assert len(dm.eval_dataset("val")) > 0  # other splits do not need that image

@@ -45,7 +45,7 @@ class _StopAt(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
+def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path, capsys):
     out = train(_train_cfg(tiny_ris_data, tmp_path / "run", "data=mixed", "ratio=0.5"))
     n_refs = 2 * 5 + 20  # half of the 10 human train images (2 refs each) + 20 pseudo refs
     assert out["global_step"] == 2 * -(-n_refs // 4)  # 2 epochs of ceil(30 / 4) batches
@@ -72,6 +72,19 @@ def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
     for key in ("mIoU", "oIoU", "P@0.5", "n"):
         assert ev["val"][key] == pytest.approx(results["val"][key])
     assert (ev_dir / "metrics_tinyref.json").is_file() and len(list((ev_dir / "overlays_tinyref" / "val").glob("*.png")))
+    assert json.loads((ev_dir / "metrics_tinyref.json").read_text())["protocol"]["name"] == "project"
+
+    # another protocol: printed above the table, recorded in its own files, only its metrics reported
+    capsys.readouterr()
+    cris = evaluate_checkpoint(_cfg("evaluate", [f"ckpt={best}", "split=val", "trainer=cpu", f"out_dir={ev_dir}",
+                                                 "trainer.enable_progress_bar=false", "eval=cris"]))
+    printed = capsys.readouterr().out
+    assert printed.index("protocol cris: input letterbox by affine warp") < printed.index("| split |")
+    assert "oIoU" not in cris["val"] and set(cris["val"]) == {"mIoU", "n", *(f"P@{t}" for t in (.5, .6, .7, .8, .9))}
+    record = json.loads((ev_dir / "metrics_tinyref_cris.json").read_text())
+    assert record["protocol"]["threshold"] == 0.35 and record["protocol"]["iou"] == "eps"
+    assert record["protocol"]["resize_mode"] == "letterbox_affine" and record["splits"]["val"] == cris["val"]
+    assert "protocol cris" in (ev_dir / "metrics_tinyref_cris.md").read_text()
 
     # the same checkpoint cannot be resumed as / loaded as another model type
     with pytest.raises(CheckpointError, match="cris_tiny"):

@@ -117,6 +117,25 @@ def build_captioner_bundle(cap: Mapping[str, Any], device: str, allow_download: 
                      **(cap.get("overrides") or {}))
 
 
+def check_pretrained_tags(cfg: Mapping[str, Any]) -> None:
+    """The captioner's and scorer's open_clip tags are on this machine (or ``allow_download``): fail before work."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from pseudo_ris.weights import resolve_open_clip_tag
+
+    if cfg.get("allow_download", False):
+        return
+    gen = cfg["generator"]
+    scorer = gen.get("scorer") or {}
+    pairs = [("generator.captioner", gen.get("captioner") or {})]
+    if scorer.get("kind") == "open_clip":
+        pairs.append(("generator.scorer", scorer))
+    for option, sub in pairs:
+        name, tag = sub.get("name"), sub.get("pretrained")
+        if name and tag and tag != "shipped" and get_pretrained_cfg(name, str(tag)) and not Path(str(tag)).exists():
+            resolve_open_clip_tag(name, str(tag), option=f"{option}.pretrained")
+
+
 def build_settings(dec: Mapping[str, Any]) -> list[Any]:
     from pseudo_ris.captioning import DecodeSetting, default_settings
 
@@ -132,7 +151,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     allow_download = bool(cfg.get("allow_download", False))
     bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
-    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
+    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=dec.get("batch_size", 256),
+                              precision=str(dec.get("precision", "fp32")),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
     sc = gen["scorer"]
     if sc["kind"] == "captioner":
@@ -308,6 +328,8 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     check_generate_options(cfg)  # every option that needs no images or models, before anything is written
     torch.set_num_threads(int(cfg.get("threads", 1)))
     stage = cfg.get("stage", "all")
+    if stage in ("all", "generate"):
+        check_pretrained_tags(cfg)  # before any image is read or SynthRef is built
     if cfg.get("out_dir") in (None, "", "auto"):
         cfg["out_dir"] = default_out_dir(cfg)
     if cfg.get("out_root") in (None, ""):
