@@ -140,8 +140,9 @@ def check_train_config(cfg: Mapping[str, Any]) -> None:
     if cfg.get("pseudo_root") is not None and mode in ("pseudo", "mixed"):
         open_pseudo_dataset(cfg["pseudo_root"], (cfg.get("data") or {}).get("pseudo_name", "pseudo"))
     check_writable_dir(cfg["output_dir"], "output_dir")
-    if cfg.get("ckpt_path"):
-        check_checkpoint(cfg["ckpt_path"], "ckpt_path", expect_model=model)
+    for key in ("ckpt_path", "init_from"):
+        if cfg.get(key):
+            check_checkpoint(cfg[key], key, expect_model=model)
 
 
 def check_evaluate_config(cfg: Mapping[str, Any]) -> None:

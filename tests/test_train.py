@@ -130,8 +130,12 @@ def test_rerunning_the_same_command_resumes_and_reevaluates(tiny_ris_data, tmp_p
     again = train(_train_cfg(tiny_ris_data, run, *args))  # finished: nothing trained, same numbers
     assert again["global_step"] == 10
     assert again["results"]["val"]["oIoU"] == pytest.approx(resumed["results"]["val"]["oIoU"])
-    longer = train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0"))
-    assert longer["global_step"] == 15  # more epochs continue the same experiment
+    with pytest.raises(RunConfigMismatch, match=r"epochs: 2 -> 3.*resume=extend"):
+        train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0"))
+    longer = train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0", "resume=extend"))
+    assert longer["global_step"] == 15  # resume=extend: more epochs continue the same experiment
+    with pytest.raises(RunConfigMismatch, match=r"trainer.precision: '32-true' -> 'bf16-true'"):
+        train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "trainer.precision=bf16-true"))
     with pytest.raises(RunConfigMismatch, match=r"lr: 0.0005 -> 0.001"):
         train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3"))  # another experiment in the same directory
     fresh = train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3", "resume=never"))
@@ -237,6 +241,7 @@ def test_lavt_tiny_trains_and_evaluates(tiny_ris_data, tmp_path):
                            "epochs=1", "limit_eval=4", "logger=none", "num_overlays=0"))
     assert out["global_step"] == 3
     assert set(out["results"]) == {"val", "testA"} and out["results"]["val"]["n"] == 4
-    assert out["best_ckpt"] is None  # stopped before the first validation: the final evaluation used last.ckpt
+    # stopped before the first validation: best.ckpt is the final last.ckpt, so evaluating <run>/best.ckpt works
+    assert Path(out["best_ckpt"]).read_bytes() == Path(out["last_ckpt"]).read_bytes()
     ckpt = torch.load(out["last_ckpt"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["ris_model"]["model_type"] == "lavt" and ckpt["ris_model"]["vocab_text"]
