@@ -83,7 +83,7 @@ def _train(env: dict, *overrides: str):
     (["max_steps=0"], "max_steps must be >= 1 (or -1, None), got 0"),
     (["hflip_prob=2"], "hflip_prob must be >= 0 and <= 1, got 2"),
     (["num_workers=-1"], "num_workers must be >= 0, got -1"),
-    (["resume=sometimes"], "resume='sometimes' is not one of auto, never"),
+    (["resume=sometimes"], "resume='sometimes' is not one of auto, extend, never"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps must be >= 1, got 0"),
     (["trainer.precision=17"], "trainer.precision=17 is not one of"),
     (["trainer.devices=0"], "trainer.devices must be >= 1"),
