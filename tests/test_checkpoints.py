@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from pseudo_ris.data.errors import PseudoRISError
 from ris_models import checkpoint_io
 from ris_models.checkpoint_io import (CheckpointReadError, CheckpointWriteError, atomic_torch_save,
                                       load_checkpoint_file, previous_path)
@@ -78,7 +79,7 @@ def test_truncated_last_ckpt_falls_back_to_the_previous_one_or_is_named(tiny_ris
 
 
 def test_missing_or_foreign_ckpt_path_is_an_error_before_training(tiny_ris_data, tmp_path):
-    with pytest.raises(CheckpointReadError, match="not found"):
+    with pytest.raises(PseudoRISError, match="none.ckpt not found"):
         train(_train_cfg(tiny_ris_data, tmp_path / "a", f"ckpt_path={tmp_path / 'none.ckpt'}"))
     marker = tmp_path / "ran"
     payload = tmp_path / "payload.ckpt"
@@ -88,7 +89,7 @@ def test_missing_or_foreign_ckpt_path_is_an_error_before_training(tiny_ris_data,
             return (Path.touch, (marker,))
 
     torch.save({"state_dict": {}, "x": Payload()}, payload)
-    with pytest.raises(CheckpointReadError, match="cannot read checkpoint"):
+    with pytest.raises(PseudoRISError, match=r"payload.ckpt (refused|\(truncated or not)"):
         train(_train_cfg(tiny_ris_data, tmp_path / "b", f"ckpt_path={payload}"))
     assert not marker.exists()  # loaded weights-only: the payload never ran
 
