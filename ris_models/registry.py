@@ -250,6 +250,31 @@ def build_model(name: str, load_pretrained: bool = True, allow_download: bool = 
     return model
 
 
+def check_weight_sources(name: str, allow_download: bool = False, **overrides: Any) -> None:
+    """Fail fast, before any data is prepared, when an open_clip tag (``pretrained``) or a Hugging Face name
+    (``bert_path``) of preset ``name`` is not on this machine and downloads are off. Local paths are checked by
+    the builders themselves."""
+    from pathlib import Path
+
+    from pseudo_ris.weights import hub_file, hub_snapshot_dir, resolve_open_clip_tag
+
+    if allow_download or name not in MODEL_REGISTRY:
+        return
+    cfg = {**MODEL_REGISTRY[name], **{k: v for k, v in overrides.items() if v is not None}}
+    tag = cfg.get("pretrained")
+    if cfg["model_type"] == "cris" and tag and "/" not in str(tag) and not Path(str(tag)).suffix:
+        import open_clip
+
+        if str(tag) in open_clip.list_pretrained_tags_by_model(cfg["clip_arch"]):  # unknown tags: the builder says
+            resolve_open_clip_tag(cfg["clip_arch"], str(tag), option="model.pretrained")
+    bert = cfg.get("bert_path")
+    if cfg["model_type"] == "lavt" and bert and not Path(str(bert)).expanduser().exists() \
+            and not str(bert).startswith((".", "/", "~")) and str(bert).count("/") <= 1:
+        hub_snapshot_dir(str(bert), option="model.bert_path")
+        if cfg.get("vocab_file") is None:
+            hub_file(str(bert), "vocab.txt", option="model.bert_path")
+
+
 def _jsonable(value: Any) -> Any:
     """Tuples -> lists so the config survives YAML/JSON round trips unchanged in meaning."""
     if isinstance(value, dict):

@@ -25,7 +25,7 @@ from ris_models.lit_module import RISLitModule
 from ris_models.optimization import accumulation, spec_from
 from ris_models.prepare import ResolvedData, resolve_data
 from ris_models.protocol import protocol_from_config
-from ris_models.registry import MODEL_REGISTRY, RISModel, build_model
+from ris_models.registry import MODEL_REGISTRY, RISModel, build_model, check_weight_sources
 from ris_models.run_state import resume_checkpoint
 
 LOGGERS = ("none", "csv", "wandb")
@@ -146,6 +146,8 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     protocol_from_config(cfg.get("eval"))  # a bad evaluation setting fails before any slow stage
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before any slow stage: a mismatched directory fails at once
+    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
+    check_weight_sources(str(cfg["model"]["name"]), bool(cfg.get("allow_download", False)), **model_cfg)
     # a weights-only checkpoint (e.g. an imported official one) starts a new run from its weights
     ckpt_path, init_from = split_resume_and_init(ckpt_path, None if ckpt_path else cfg.get("init_from"))
     init_ckpt = read_init_checkpoint(init_from, str(cfg["model"]["name"])) if init_from else None

@@ -115,6 +115,17 @@ def test_allow_download_is_what_reaches_the_network(offline):
 # ---------------------------------------------------------------- found in the local caches without the network
 
 
+def _hf_snapshot(cache: Path, repo_id: str) -> Path:
+    """An empty snapshot folder in the Hugging Face cache layout: models--org--name/{refs/main, snapshots/<commit>}."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    return snap
+
+
 def test_url_tag_found_in_open_clip_cache(offline, tmp_path):
     cached = tmp_path / "home" / ".cache" / "clip" / "RN50.pt"
     cached.parent.mkdir(parents=True)
@@ -125,13 +136,7 @@ def test_url_tag_found_in_open_clip_cache(offline, tmp_path):
 
 
 def test_hf_tag_found_in_hugging_face_cache(offline, tmp_path):
-    # the Hugging Face cache layout: models--org--name/{refs/main, snapshots/<commit>/<file>}
-    repo = tmp_path / "hf" / "models--laion--mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
+    snap = _hf_snapshot(tmp_path / "hf", "laion/mscoco_finetuned_CoCa-ViT-B-32-laion2B-s13B-b90k")
     (snap / "open_clip_pytorch_model.bin").write_bytes(b"weights")
     path, _ = resolve_open_clip_tag("coca_ViT-B-32", COCA_TAG)
     assert path == snap / "open_clip_pytorch_model.bin"
@@ -144,12 +149,7 @@ def test_bert_hub_name_found_in_hugging_face_cache(offline, tmp_path):
     from ris_models.registry import build_model
     from ris_models.text import build_wordpiece_vocab
 
-    repo = tmp_path / "hf" / "models--someone--tiny-bert"
-    commit = "1" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
+    snap = _hf_snapshot(tmp_path / "hf", "someone/tiny-bert")
     vocab = build_wordpiece_vocab(["red", "square"])
     (snap / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -157,6 +157,34 @@ def test_bert_hub_name_found_in_hugging_face_cache(offline, tmp_path):
     model = build_model("lavt_tiny", bert_path="someone/tiny-bert", vocab_file=None, bert_config=None,
                         load_pretrained=False)
     assert model.text_encoder.config.hidden_size == 32 and model.tokenizer.vocab_size == len(vocab)
+    assert offline == []
+
+
+def test_generate_checks_tags_before_any_work(offline, tmp_path):
+    from pseudo_ris.generation import runner
+
+    cfg = {"stage": "all", "source": "folder", "image_dir": str(tmp_path / "no_such_folder"),
+           "generator": {"captioner": {"name": "coca_ViT-L-14", "pretrained": "mscoco_finetuned_laion2b_s13b_b90k"},
+                         "scorer": {"kind": "captioner"}}}
+    with pytest.raises(WeightsUnavailableError, match=r"generator\.captioner\.pretrained="):
+        runner.run(cfg)
+    cfg["generator"] = {"captioner": {"name": "coca_tiny", "pretrained": None},
+                        "scorer": {"kind": "open_clip", "name": "RN50", "pretrained": "openai"}}
+    with pytest.raises(WeightsUnavailableError, match=r"generator\.scorer\.pretrained="):
+        runner.run(cfg)
+    assert offline == []
+
+
+def test_train_checks_weight_sources_up_front(offline):
+    from ris_models.registry import check_weight_sources
+
+    with pytest.raises(WeightsUnavailableError, match=r"RN50/openai.*model\.pretrained="):
+        check_weight_sources("cris_r50", pretrained="openai")
+    with pytest.raises(WeightsUnavailableError, match=r"bert-base-uncased.*model\.bert_path="):
+        check_weight_sources("lavt_swin_b")  # the preset's default BERT is a hub name
+    check_weight_sources("lavt_tiny")  # random-init BERT and the shipped vocabulary: nothing to fetch
+    check_weight_sources("cris_tiny")
+    check_weight_sources("cris_r50", allow_download=True, pretrained="openai")  # opted in: the builder fetches
     assert offline == []
 
 

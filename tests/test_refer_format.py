@@ -65,27 +65,29 @@ def test_every_synthref_ref_decodes_with_refer_get_mask(synthref_root):
 
 
 def test_pseudo_writer_output_decodes_with_refer_get_mask(synthref_root, tmp_path):
-    """The generation writer's records (masks from the candidate store's RLEs), written as filter_store does."""
+    """The generation writer's records (masks from the candidate store's RLEs), streamed as filter_store does."""
     from pseudo_ris.data.masks import mask_to_bbox, mask_to_rle
-    from pseudo_ris.generation.writer import FilterResult, build_refer_records
+    from pseudo_ris.data.refer_stream import ReferStreamWriter
+    from pseudo_ris.generation.writer import DEFAULT_CATEGORY, _Ids, image_records
 
     pool = ReferDataset(synthref_root, "synthref_pool")
-    images, candidates = [], []
+    writer = ReferStreamWriter(tmp_path, "pseudo", split_by="pseudo", categories=[DEFAULT_CATEGORY],
+                               image_dir=str(pool.image_dir))
+    ids, n_masks = _Ids(), 0
     for image_id in sorted(pool.images)[:2]:
         image = pool.images[image_id]
         masks = [pool.ann_mask(a["id"]) for a in pool.anns_by_image[image_id]]
         key = f"img{image_id}"
-        images.append({"key": key, "image_id": image_id, "file_name": image["file_name"], "status": "ok",
-                       "height": image["height"], "width": image["width"],
-                       "masks": [{"index": i, "rle": mask_to_rle(m), "area": int(m.sum()), "bbox": mask_to_bbox(m),
-                                  "score": 1.0, "source": "gt"} for i, m in enumerate(masks)]})
-        candidates += [{"key": key, "image_id": image_id, "mask_index": i, "cand_index": 0, "kept": True,
-                        "doc": 1.5, "correctness": 0.3, "text": f"object {i}", "setting": 0, "view": 0}
-                       for i in range(len(masks))]
-    imgs, anns, cats, refs = build_refer_records(FilterResult(images, candidates))
-    write_refer_dataset(tmp_path, "pseudo", split_by="pseudo", images=imgs, annotations=anns, categories=cats,
-                        refs=refs, image_dir=str(pool.image_dir))
-    assert _check_every_ref_decodes_like_refer(tmp_path, "pseudo") == len(candidates) > 0
+        img = {"key": key, "image_id": image_id, "file_name": image["file_name"], "status": "ok",
+               "height": image["height"], "width": image["width"],
+               "masks": [{"index": i, "rle": mask_to_rle(m), "area": int(m.sum()), "bbox": mask_to_bbox(m),
+                          "score": 1.0, "source": "gt"} for i, m in enumerate(masks)]}
+        rows = [{"key": key, "image_id": image_id, "mask_index": i, "cand_index": 0, "kept": True, "doc": 1.5,
+                 "correctness": 0.3, "text": f"object {i}", "setting": 0, "view": 0} for i in range(len(masks))]
+        writer.add(*image_records(img, rows, [DEFAULT_CATEGORY], ids))
+        n_masks += len(masks)
+    writer.close()
+    assert _check_every_ref_decodes_like_refer(tmp_path, "pseudo") == n_masks > 0
 
 
 @pytest.mark.slow
@@ -238,3 +240,19 @@ def test_writer_refuses_a_mask_of_the_wrong_size(tmp_path):
         write_refer_dataset(tmp_path, "bad", split_by="pseudo", images=images, annotations=anns,
                             categories=[], refs=refs)
     assert not (tmp_path / "bad").exists()
+
+
+def test_data_module_finds_a_missing_image_before_training(tiny_ris_data):
+    from ris_models.datamodule import RISDataModule
+
+    kwargs = dict(input_size=32, image_mean=(0.5,) * 3, image_std=(0.5,) * 3)
+    image = tiny_ris_data["data_root"] / "images" / "tiny" / "0003.png"  # a train image (ids 0..9 are train)
+    image.unlink()
+    dm = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="human", **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref not found"):
+        dm.train_dataset()
+    pseudo = RISDataModule(tiny_ris_data["data_root"], tiny_ris_data["dataset"], mode="pseudo",
+                           pseudo_root=tiny_ris_data["pseudo_root"], pseudo_name=tiny_ris_data["pseudo_name"], **kwargs)
+    with pytest.raises(ReferDataError, match=r"image file .*0003.png of tinyref_pseudo not found"):
+        pseudo.train_dataset()
+    assert len(dm.eval_dataset("val")) > 0  # other splits do not need that image

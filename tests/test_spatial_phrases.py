@@ -57,6 +57,7 @@ def test_sizes_comparative_and_superlative():
 def test_apply_phrase_forms_and_refuses_duplicates():
     assert apply_phrase("a red circle", "location", "on the left") == "the red circle on the left"
     assert apply_phrase("an orange square", "size", "bigger") == "the bigger orange square"
+    assert apply_phrase("a cyan cross in the picture", "location", "on the right") == "the cyan cross on the right"
     assert apply_phrase("a small circle", "size", "smaller") is None
     assert apply_phrase("the circle on the right", "location", "on the left") is None
     assert apply_phrase("a", "size", "bigger") is None

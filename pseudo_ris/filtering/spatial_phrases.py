@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 ARTICLES = frozenset({"a", "an", "the", "one"})
 LOCATION_WORDS = frozenset({"left", "right", "top", "bottom", "middle", "leftmost", "rightmost", "upper", "lower"})
+#: caption tails that say nothing about the object ("a red circle in the picture"); dropped before a phrase is added
+FILLER_TAILS = ("in the picture", "in the photo", "in the image")
 SIZE_WORDS = frozenset({"small", "big", "large", "little", "tiny", "huge", "smaller", "bigger", "larger", "smallest",
                         "biggest", "largest"})
 
@@ -95,6 +97,11 @@ def apply_phrase(text: str, kind: str, phrase: str) -> str | None:
         words = words[1:]
     if not words:
         return None
+    body = " ".join(words)
+    for tail in FILLER_TAILS:
+        if body.lower().endswith(" " + tail):
+            words = body[: -len(tail) - 1].split()
+            break
     lowered = {w.lower().strip(",.") for w in words}
     if lowered & (LOCATION_WORDS if kind == "location" else SIZE_WORDS):
         return None

@@ -116,6 +116,25 @@ def build_captioner_bundle(cap: Mapping[str, Any], device: str, allow_download: 
                      **(cap.get("overrides") or {}))
 
 
+def check_pretrained_tags(cfg: Mapping[str, Any]) -> None:
+    """The captioner's and scorer's open_clip tags are on this machine (or ``allow_download``): fail before work."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    from pseudo_ris.weights import resolve_open_clip_tag
+
+    if cfg.get("allow_download", False):
+        return
+    gen = cfg["generator"]
+    scorer = gen.get("scorer") or {}
+    pairs = [("generator.captioner", gen.get("captioner") or {})]
+    if scorer.get("kind") == "open_clip":
+        pairs.append(("generator.scorer", scorer))
+    for option, sub in pairs:
+        name, tag = sub.get("name"), sub.get("pretrained")
+        if name and tag and tag != "shipped" and get_pretrained_cfg(name, str(tag)) and not Path(str(tag)).exists():
+            resolve_open_clip_tag(name, str(tag), option=f"{option}.pretrained")
+
+
 def build_settings(dec: Mapping[str, Any]) -> list[Any]:
     from pseudo_ris.captioning import DecodeSetting, default_settings
 
@@ -308,6 +327,8 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     stage = cfg.get("stage", "all")
     if stage not in ("all", "generate", "filter"):
         raise GenerateConfigError(f"unknown stage {stage!r}; choose all, generate or filter")
+    if stage in ("all", "generate"):
+        check_pretrained_tags(cfg)  # before any image is read or SynthRef is built
     if cfg.get("out_dir") in (None, "", "auto"):
         cfg["out_dir"] = default_out_dir(cfg)
     if cfg.get("out_root") in (None, ""):

@@ -194,7 +194,11 @@ class ExternalMaskSource:
         stack = np.stack([m.mask for m in sam_masks]) if sam_masks else np.zeros((0, h, w), bool)
         boxes = [m.bbox for m in sam_masks]
         for det in sorted(dets, key=lambda d: -float(d.get("score", 1.0))):
-            det_mask = decode_segmentation(det["segmentation"], h, w) if det.get("segmentation") else None
+            try:
+                det_mask = decode_segmentation(det["segmentation"], h, w) if det.get("segmentation") else None
+            except ValueError as exc:  # e.g. an RLE of another size than the image
+                raise MaskSourceError(f"detection of image {det.get('image_id')!r} (bbox {det.get('bbox')}): "
+                                      f"{exc}") from None
             if det_mask is not None:
                 overlaps = mask_iou_matrix(det_mask[None], stack)[0] if len(stack) else np.zeros(0)
             else:
