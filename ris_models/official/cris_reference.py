@@ -1,7 +1,7 @@
 """CRIS parity against the official code (CRIS.pytorch checkout), for maintainers: not used in training or CI.
 
 Builds the official ``model.segmenter.CRIS`` with random weights (its CLIP comes from a TorchScript archive made
-here, as OpenAI's ``RN50.pt`` would be; batch-norm statistics are randomised so that a misplaced norm shows),
+here, as OpenAI's ``RN50.pt`` would be; batch-norm statistics optionally randomised so that a misplaced norm shows),
 writes them as the official trainer saves them, imports them through ``convert_cris_state`` into our preset and
 compares tokens and logits on the same images and sentences (CPU, float32, eval mode).
 """
@@ -77,21 +77,23 @@ def _randomise_norms(model: torch.nn.Module, generator: torch.Generator) -> None
 
 
 def check_cris(root: str | Path, preset: str, size: int = 416, word_len: int = 17, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> list[str]:
+               dtype: torch.dtype = torch.float32, randomise_norms: bool = False) -> list[str]:
     """Official CRIS vs our ``preset`` at ``size`` px and ``word_len`` tokens; lines to print.
 
-    ``dtype=torch.float64`` runs both networks in double precision: what remains is a real difference, not
-    float32 rounding.
+    ``randomise_norms``: batch-norm statistics drawn at random instead of the official initialisation (every norm
+    then matters, and values grow). ``dtype=torch.float64`` runs both networks in double precision: what remains
+    is a real difference, not float32 rounding.
     """
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # the official code makes its position tables in the default dtype
     try:
-        return _check_cris(root, preset, size, word_len, seed)
+        return _check_cris(root, preset, size, word_len, seed, randomise_norms)
     finally:
         torch.set_default_dtype(previous)
 
 
-def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: int) -> list[str]:
+def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: int,
+                randomise_norms: bool) -> list[str]:
     import open_clip
 
     from ris_models.registry import build_model
@@ -114,7 +116,8 @@ def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: i
         official = official_cls(_config(root, preset, archive, word_len))
     dtype = torch.get_default_dtype()
     official = official.to(dtype)
-    _randomise_norms(official, generator)
+    if randomise_norms:
+        _randomise_norms(official, generator)
     official.eval()
     saved = {"epoch": 50, "state_dict": {f"module.{k}": v for k, v in official.state_dict().items()}}
 
@@ -131,6 +134,7 @@ def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: i
         got = ours(images, tokens["input_ids"], tokens["attention_mask"])
     same_tokens = torch.equal(tokens["input_ids"], reference_ids)
     diff = (got - expected).abs().max().item()
-    return [f"{preset} vs CRIS.pytorch at {size} px, {word_len} tokens, {str(dtype).replace('torch.', '')}: {len(state)} of {len(saved['state_dict'])} "
+    init = "random batch-norm statistics" if randomise_norms else "official initialisation"
+    return [f"{preset} vs CRIS.pytorch at {size} px, {word_len} tokens, {str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
             f"official tensors mapped (dropped: {', '.join(dropped)}); token ids equal: {same_tokens}; "
             f"logits {tuple(got.shape)} up to {expected.abs().max().item():.2f}, max |diff| {diff:.2e}"]
