@@ -11,6 +11,7 @@ Files written next to the evaluated checkpoint (``<ckpt dir>/``):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from dataclasses import replace
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.locks import directory_lock, is_primary_process
 from pseudo_ris.data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pseudo_ris.data.refer import ReferDataset
 from ris_models.datamodule import RISDataModule
@@ -239,9 +241,13 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
     splits = _requested_splits(cfg, dm.human_dataset, None) if cfg.get("split", "all") not in (None, "all") \
         else None
     out_dir = Path(str(cfg["out_dir"])).expanduser() if cfg.get("out_dir") else ckpt.parent
-    trainer, _ = build_trainer({"trainer": cfg["trainer"], "epochs": 1}, out_dir, logger=False, monitor=None)
-    return evaluate_splits(trainer, lit, dm, splits, out_dir, dataset_label=dataset_label(name, dm.human_dataset.split_by),
-                           checkpoint_label=str(ckpt))
+    with contextlib.ExitStack() as stack:
+        if is_primary_process():  # one writer per output folder (a training writing there, another evaluation)
+            stack.enter_context(directory_lock(out_dir, purpose="write evaluation results into (out_dir=...)"))
+        trainer, _ = build_trainer({"trainer": cfg["trainer"], "epochs": 1}, out_dir, logger=False, monitor=None)
+        return evaluate_splits(trainer, lit, dm, splits, out_dir,
+                               dataset_label=dataset_label(name, dm.human_dataset.split_by),
+                               checkpoint_label=str(ckpt))
 
 
 def evaluate_predictions(cfg: Any) -> dict[str, dict[str, float]]:

@@ -29,7 +29,7 @@ from ris_models.metrics import RISMetrics, metrics_to_floats
 from ris_models.optimization import build_optimizer, build_scheduler, describe, spec_from
 from ris_models.optimization import poly_lambda  # noqa: F401  (kept importable from here)
 from ris_models.protocol import EvalProtocol, legacy_protocol, protocol_from_config
-from ris_models.registry import RISModel, build_model
+from ris_models.registry import RISModel, build_model, complete_saved_config
 
 # Constructor arguments that only say where initial weights come from; they do not change the architecture.
 _WEIGHT_SOURCE_KEYS = ("pretrained", "bert_path", "swin_pretrained")
@@ -204,7 +204,7 @@ def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = 
         raise CheckpointError(f"{source} was trained with another version of the vocabulary {vocab.name}; "
                               "evaluate it with tools/evaluate.py (which uses the vocabulary saved in the "
                               "checkpoint) or restore that vocabulary file")
-    theirs, ours = _arch(info.get("config", {})), _arch(model.config)
+    theirs, ours = _arch(complete_saved_config(info.get("config", {}))), _arch(model.config)
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:
         raise CheckpointError(f"{source} was trained with a different {mine['name']} architecture "
@@ -238,7 +238,7 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, *, allow_
     if expect_model is not None and info.get("name") != expect_model:
         raise CheckpointError(f"checkpoint {path} holds model {info.get('name')!r} ({info.get('model_type')}), "
                               f"not {expect_model!r}")
-    config = dict(info["config"])
+    config = complete_saved_config(dict(info["config"]))
     if info.get("vocab_text") and config.get("vocab_file"):
         config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
     # the weights come from the checkpoint: build the architecture (and tokenizer) without reading encoder weights

@@ -8,6 +8,7 @@ import torch
 
 from pseudo_ris.data.refer import ReferDataset
 from ris_models.datamodule import DataConfigError, RISDataModule, sample_images_by_ratio
+from ris_models.resumable import DrawKey
 from ris_models.transforms import resize_mask, resize_meta, swap_left_right, warp_back
 
 SIZE = 16
@@ -95,9 +96,12 @@ def test_pseudo_caption_varies_across_draws(tiny_ris_data):
     dataset = dm.train_dataset()
     ref = dm.pseudo_dataset.refs_by_id[items[0].ref_id]
     captions = {s["sent"] for s in ref["sentences"]}
-    torch.manual_seed(0)
-    drawn = {dataset[0]["sentence"] for _ in range(40)}
-    assert drawn <= captions and len(drawn) >= 3  # 4 captions, 40 draws
+    before = torch.get_rng_state()
+    drawn = [dataset[DrawKey(epoch, 0)]["sentence"] for epoch in range(40)]
+    assert set(drawn) <= captions and len(set(drawn)) >= 3  # 4 captions, one draw in each of 40 epochs
+    # a draw is a function of (seed, epoch, index): repeatable, and the global generator is not used
+    assert [dataset[DrawKey(epoch, 0)]["sentence"] for epoch in range(40)] == drawn
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_missing_pseudo_dataset_says_how_to_generate(tiny_ris_data, tmp_path):
@@ -145,3 +149,23 @@ def test_hflip_swaps_words_with_pixels(tiny_ris_data):
             assert cols.mean() > SIZE / 2
             assert "left" not in item["sentence"]
     assert _dm(tiny_ris_data, mode="human").hflip_prob == 0.0  # off by default
+
+
+def test_eval_geometry_follows_the_protocol(tiny_ris_data):
+    """LAVT's protocol stretches and resizes targets with NEAREST; CRIS's letterboxes by an affine warp."""
+    from ris_models.eval_transforms import resize_mask_nearest
+
+    lavt = _dm(tiny_ris_data, mode="human", input_size=48, eval_resize_mode="stretch", target_resize="nearest")
+    sample = lavt.eval_dataset("val")[0]
+    assert sample["meta"] == {"orig_h": 24, "orig_w": 32, "top": 0, "left": 0, "height": 48, "width": 48}
+    orig, meta = sample["orig_mask"].numpy(), resize_meta(24, 32, 48, "stretch")
+    assert torch.equal(sample["mask"], resize_mask_nearest(orig, meta, 48))
+    assert not torch.equal(sample["mask"], resize_mask(orig, meta, 48))  # here NEAREST and bilinear differ
+    project = _dm(tiny_ris_data, mode="human", input_size=48).eval_dataset("val")[0]
+    assert project["meta"]["top"] == 6 and project["meta"]["height"] == 36  # letterbox as in training
+    cris = _dm(tiny_ris_data, mode="human", input_size=48, eval_resize_mode="letterbox_affine").eval_dataset("val")[0]
+    # 24x32 into 48: s = 1.5, 6 rows of offset; rows 0 and 47 are beyond the cubic's reach: the mean colour (~0)
+    assert cris["image"][:, 0].abs().max() < 0.02 and cris["image"][:, 47].abs().max() < 0.02
+    assert cris["image"][:, 6:42].abs().max() > 0.5
+    with pytest.raises(DataConfigError, match="target_resize"):
+        _dm(tiny_ris_data, mode="human", target_resize="bicubic")

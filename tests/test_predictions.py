@@ -88,6 +88,13 @@ def test_perturbed_predictions_png_and_rle_json(synthref, tmp_path):
     assert same["mIoU"] == pytest.approx(miou, abs=1e-12) and same["oIoU"] == pytest.approx(oiou, abs=1e-12)
     (tmp_path / "by_id.json").write_text(json.dumps({str(k): mask_to_rle(m) for k, m in masks.items()}))
     assert _run(synthref, tmp_path / "by_id.json")["mIoU"] == pytest.approx(miou, abs=1e-12)
+    # LAVT scores at its input size: both masks stretched with PIL NEAREST; the whole-image prediction then
+    # covers all 48x48 pixels and its target what NEAREST keeps of it
+    b = synthref["samples"][1]
+    small = np.asarray(Image.fromarray(synthref["ds"].ann_mask(b.ann_id).astype(np.uint8)).resize((48, 48),
+                                                                                                 Image.NEAREST))
+    lavt = _run(synthref, tmp_path / "preds.json", "eval=lavt", "eval.input_size=48")
+    assert lavt["mIoU"] == pytest.approx((n - 2 + int((small > 0).sum()) / 48 ** 2) / n, abs=1e-12)
     cris = _run(synthref, tmp_path / "preds.json", "eval=cris")
     assert "oIoU" not in cris and cris["mIoU"] < miou  # I / (U + 1e-6)
 

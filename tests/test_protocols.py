@@ -13,6 +13,7 @@ Run ``python tests/test_protocols.py`` to print the table that docs/evaluation_p
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -166,6 +167,36 @@ def test_protocol_settings_are_checked():
 def test_every_protocol_scores_every_sentence():
     for name in ("project", "lavt", "cris"):
         assert protocol(name).sentences == "all"
+
+
+def test_checkpoint_protocol_is_plain_and_old_checkpoints_load_as_project(tmp_path):
+    from ris_models.lit_module import RISLitModule, load_checkpoint
+    from ris_models.registry import build_model
+
+    lit = RISLitModule(build_model("cris_tiny", input_size=32), eval_protocol=protocol("lavt"))
+    assert lit.hparams["eval_protocol"] == protocol("lavt").as_dict()  # plain data in the checkpoint
+    assert lit.protocol.decision == "argmax" and lit.protocol.input_size == 32
+    # a checkpoint written before protocols existed: top-level threshold / eval_resolution hyper-parameters
+    ckpt = {"state_dict": lit.state_dict(), "hyper_parameters": {"lr": 1e-4, "threshold": 0.2,
+                                                                 "eval_resolution": "input"}}
+    lit.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = load_checkpoint(tmp_path / "old.ckpt").protocol
+    assert (old.name, old.threshold, old.score_at, old.precision_rule) == ("project", 0.2, "input", ">")
+
+
+def test_results_of_another_protocol_never_merge(tmp_path):
+    from ris_models.evaluation import write_results
+
+    lavt = protocol("lavt")
+    write_results({"val": {"mIoU": 0.5, "n": 2}}, tmp_path, "ds", {"checkpoint": "a"}, lavt)
+    write_results({"testA": {"mIoU": 0.25, "n": 2}}, tmp_path, "ds", {"checkpoint": "a"}, lavt)
+    path = tmp_path / "metrics_ds_lavt.json"
+    assert set(json.loads(path.read_text())["splits"]) == {"val", "testA"}  # same protocol: splits accumulate
+    changed = EvalProtocol(**{**vars(lavt), "precision_rule": ">"})
+    write_results({"testA": {"mIoU": 0.75, "n": 2}}, tmp_path, "ds", {"checkpoint": "a"}, changed)
+    record = json.loads(path.read_text())
+    assert record["splits"] == {"testA": {"mIoU": 0.75, "n": 2}} and record["protocol"]["precision_rule"] == ">"
 
 
 # ------------------------------------------------------------------------------------- the 200 hand-made pairs

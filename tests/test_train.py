@@ -45,7 +45,7 @@ class _StopAt(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
+def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path, capsys):
     out = train(_train_cfg(tiny_ris_data, tmp_path / "run", "data=mixed", "ratio=0.5"))
     n_refs = 2 * 5 + 20  # half of the 10 human train images (2 refs each) + 20 pseudo refs
     assert out["global_step"] == 2 * -(-n_refs // 4)  # 2 epochs of ceil(30 / 4) batches
@@ -72,6 +72,19 @@ def test_train_then_evaluate_end_to_end(tiny_ris_data, tmp_path):
     for key in ("mIoU", "oIoU", "P@0.5", "n"):
         assert ev["val"][key] == pytest.approx(results["val"][key])
     assert (ev_dir / "metrics_tinyref.json").is_file() and len(list((ev_dir / "overlays_tinyref" / "val").glob("*.png")))
+    assert json.loads((ev_dir / "metrics_tinyref.json").read_text())["protocol"]["name"] == "project"
+
+    # another protocol: printed above the table, recorded in its own files, only its metrics reported
+    capsys.readouterr()
+    cris = evaluate_checkpoint(_cfg("evaluate", [f"ckpt={best}", "split=val", "trainer=cpu", f"out_dir={ev_dir}",
+                                                 "trainer.enable_progress_bar=false", "eval=cris"]))
+    printed = capsys.readouterr().out
+    assert printed.index("protocol cris: input letterbox by affine warp") < printed.index("| split |")
+    assert "oIoU" not in cris["val"] and set(cris["val"]) == {"mIoU", "n", *(f"P@{t}" for t in (.5, .6, .7, .8, .9))}
+    record = json.loads((ev_dir / "metrics_tinyref_cris.json").read_text())
+    assert record["protocol"]["threshold"] == 0.35 and record["protocol"]["iou"] == "eps"
+    assert record["protocol"]["resize_mode"] == "letterbox_affine" and record["splits"]["val"] == cris["val"]
+    assert "protocol cris" in (ev_dir / "metrics_tinyref_cris.md").read_text()
 
     # the same checkpoint cannot be resumed as / loaded as another model type
     with pytest.raises(CheckpointError, match="cris_tiny"):
@@ -117,8 +130,12 @@ def test_rerunning_the_same_command_resumes_and_reevaluates(tiny_ris_data, tmp_p
     again = train(_train_cfg(tiny_ris_data, run, *args))  # finished: nothing trained, same numbers
     assert again["global_step"] == 10
     assert again["results"]["val"]["oIoU"] == pytest.approx(resumed["results"]["val"]["oIoU"])
-    longer = train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0"))
-    assert longer["global_step"] == 15  # more epochs continue the same experiment
+    with pytest.raises(RunConfigMismatch, match=r"epochs: 2 -> 3.*resume=extend"):
+        train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0"))
+    longer = train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "num_overlays=0", "resume=extend"))
+    assert longer["global_step"] == 15  # resume=extend: more epochs continue the same experiment
+    with pytest.raises(RunConfigMismatch, match=r"trainer.precision: '32-true' -> 'bf16-true'"):
+        train(_train_cfg(tiny_ris_data, run, "epochs=3", "limit_eval=4", "trainer.precision=bf16-true"))
     with pytest.raises(RunConfigMismatch, match=r"lr: 0.0005 -> 0.001"):
         train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3"))  # another experiment in the same directory
     fresh = train(_train_cfg(tiny_ris_data, run, *args, "lr=1e-3", "resume=never"))
@@ -224,6 +241,7 @@ def test_lavt_tiny_trains_and_evaluates(tiny_ris_data, tmp_path):
                            "epochs=1", "limit_eval=4", "logger=none", "num_overlays=0"))
     assert out["global_step"] == 3
     assert set(out["results"]) == {"val", "testA"} and out["results"]["val"]["n"] == 4
-    assert out["best_ckpt"] is None  # stopped before the first validation: the final evaluation used last.ckpt
+    # stopped before the first validation: best.ckpt is the final last.ckpt, so evaluating <run>/best.ckpt works
+    assert Path(out["best_ckpt"]).read_bytes() == Path(out["last_ckpt"]).read_bytes()
     ckpt = torch.load(out["last_ckpt"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["ris_model"]["model_type"] == "lavt" and ckpt["ris_model"]["vocab_text"]

@@ -15,8 +15,9 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.synthref import SynthRefConfig, build_synthref, ensure_synthref, read_build_info
-from pseudo_ris.synthref.build import SynthRefError, is_complete
+from pseudo_ris.synthref.build import is_complete
 from pseudo_ris.synthref.preview import format_summary, save_preview
 
 
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> None:
             path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
         else:
             path = build_synthref(root, cfg=gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
-    except SynthRefError as exc:
+    except PseudoRISError as exc:  # SynthRefError, a directory in use, ...
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     elapsed = time.perf_counter() - start

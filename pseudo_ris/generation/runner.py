@@ -7,6 +7,7 @@ same keys works (tests pass plain dicts).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import torch
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.locks import directory_lock
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
 from pseudo_ris.filtering.spatial_phrases import SpatialConfig
@@ -150,7 +152,8 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     allow_download = bool(cfg.get("allow_download", False))
     bundle = build_captioner_bundle(gen["captioner"], device, allow_download)
     dec = cfg.get("decoding", {})
-    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=int(dec.get("batch_size", 256)),
+    captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=dec.get("batch_size", 256),
+                              precision=str(dec.get("precision", "fp32")),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
     sc = gen["scorer"]
     if sc["kind"] == "captioner":
@@ -333,6 +336,25 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
         cfg["out_dir"] = default_out_dir(cfg)
     if cfg.get("out_root") in (None, ""):
         cfg["out_root"] = cfg["out_dir"]
+    with contextlib.ExitStack() as stack:
+        _lock_store(stack, cfg, stage)
+        return _run_locked(cfg, stage, on_image)
+
+
+def _lock_store(stack: contextlib.ExitStack, cfg: Mapping[str, Any], stage: str) -> None:
+    """One writer per store: ``stage=generate`` shares ``<out_dir>/.lock`` with the other shards and holds its own
+    shard's lock; ``all`` and ``filter`` (which read every shard and write the dataset) hold ``.lock`` alone."""
+    out_dir = Path(cfg["out_dir"]).expanduser()
+    purpose = "generate into (out_dir=...)"
+    if stage == "generate":
+        shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, shared=True))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, name=f".lock.shard{shard}of{num_shards}"))
+    else:
+        stack.enter_context(directory_lock(out_dir, purpose=purpose))
+
+
+def _run_locked(cfg: dict[str, Any], stage: str, on_image: Any) -> dict[str, Any]:
     source = build_image_source(cfg)
     out: dict[str, Any] = {"out_dir": str(cfg["out_dir"])}
     num_shards = int(cfg.get("num_shards", 1))
