@@ -22,10 +22,11 @@ import lightning as L
 import torch
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.safe_load import UnreadableFileError, UnsafeFileError, load_torch_file
 from ris_models.eval_transforms import logits_to_masks
 from ris_models.metrics import RISMetrics, metrics_to_floats
 from ris_models.protocol import EvalProtocol, legacy_protocol, protocol_from_config
-from ris_models.registry import RISModel, build_model
+from ris_models.registry import RISModel, build_model, complete_saved_config
 
 # Constructor arguments that only say where initial weights come from; they do not change the architecture.
 _WEIGHT_SOURCE_KEYS = ("pretrained", "bert_path", "swin_pretrained")
@@ -203,7 +204,7 @@ def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = 
         raise CheckpointError(f"{source} was trained with another version of the vocabulary {vocab.name}; "
                               "evaluate it with tools/evaluate.py (which uses the vocabulary saved in the "
                               "checkpoint) or restore that vocabulary file")
-    theirs, ours = _arch(info.get("config", {})), _arch(model.config)
+    theirs, ours = _arch(complete_saved_config(info.get("config", {}))), _arch(model.config)
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:
         raise CheckpointError(f"{source} was trained with a different {mine['name']} architecture "
@@ -211,13 +212,12 @@ def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = 
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict, read without running code (``weights_only=True``); `CheckpointError` names the file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        checkpoint = load_torch_file(path, what="checkpoint")
+    except (UnsafeFileError, UnreadableFileError) as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if "ris_model" not in checkpoint:
@@ -237,7 +237,7 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, *, allow_
     if expect_model is not None and info.get("name") != expect_model:
         raise CheckpointError(f"checkpoint {path} holds model {info.get('name')!r} ({info.get('model_type')}), "
                               f"not {expect_model!r}")
-    config = dict(info["config"])
+    config = complete_saved_config(dict(info["config"]))
     if info.get("vocab_text") and config.get("vocab_file"):
         config["vocab_file"] = str(_materialise_vocab(info["vocab_text"]))
     # the weights come from the checkpoint: build the architecture (and tokenizer) without reading encoder weights

@@ -172,6 +172,8 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         threshold=0.5,
         class_weights=(0.9, 1.1),
         backbone_lr_mult=1.0,  # LAVT trains encoder, BERT and decoder at one learning rate
+        bert_dropout=False,  # LAVT never switches BERT to train mode: no dropout in BERT
+        keep_sep=False,  # LAVT cuts at max_tokens after adding [CLS]/[SEP]: long expressions lose [SEP]
     ),
     "lavt_tiny": dict(
         model_type="lavt",
@@ -196,8 +198,20 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         threshold=0.5,
         class_weights=(0.9, 1.1),
         backbone_lr_mult=1.0,
+        bert_dropout=False,
+        keep_sep=False,
     ),
 }
+
+
+#: Options added to a model type after checkpoints were already written, with the value that reproduces how those
+#: checkpoints were trained (LAVT before official parity: BERT dropout on, [SEP] kept when cutting long texts).
+LEGACY_OPTIONS: dict[str, dict[str, Any]] = {"lavt": {"bert_dropout": True, "keep_sep": True}}
+
+
+def complete_saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A model config saved in a checkpoint, with options it predates set to their earlier behaviour."""
+    return {**LEGACY_OPTIONS.get(str(config.get("model_type")), {}), **config}
 
 
 def list_models() -> list[str]:

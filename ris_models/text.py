@@ -6,7 +6,9 @@ Both return the same batch format, ``dict(input_ids=LongTensor[B,L], attention_m
 * ``ClipBpeTokenizer``: open_clip's bundled BPE (49,408 tokens), ``<sot> ... <eot>`` then zero padding, truncated to
   the context length with ``<eot>`` kept last (CRIS uses 17 words for RefCOCO/+, 22 for RefCOCOg).
 * ``WordPieceTokenizer``: a BERT WordPiece vocabulary file (``[CLS] ... [SEP]`` then ``[PAD]``), used by LAVT with
-  bert-base-uncased's own ``vocab.txt`` or the small SynthRef vocabulary shipped in ``ris_models/assets``.
+  bert-base-uncased's own ``vocab.txt`` or the small SynthRef vocabulary shipped in ``ris_models/assets``. Long texts
+  are cut to keep ``[SEP]`` last, or (``keep_sep=False``, LAVT's rule) cut after the special tokens are added, so
+  a text longer than ``max_length - 2`` word pieces ends without ``[SEP]``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ClipBpeTokenizer:
 class WordPieceTokenizer:
     """A BERT WordPiece tokenizer from a local ``vocab.txt`` (lower-cased), padded to ``max_length``."""
 
-    def __init__(self, vocab_file: str | Path, max_length: int = 20) -> None:
+    def __init__(self, vocab_file: str | Path, max_length: int = 20, keep_sep: bool = True) -> None:
         from transformers import BertTokenizerFast
 
         path = Path(vocab_file)
@@ -57,12 +59,13 @@ class WordPieceTokenizer:
             raise TokenizerError(f"WordPiece vocabulary file not found: {path}")
         self.vocab_file = path
         self.max_length = int(max_length)
+        self.keep_sep = bool(keep_sep)
         self._tok = _bert_tokenizer(BertTokenizerFast, path)
         self.pad_id = self._tok.pad_token_id
         self.vocab_size = self._tok.vocab_size
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, max_length: int = 20, *,
+    def from_pretrained(cls, name_or_dir: str | Path, max_length: int = 20, *, keep_sep: bool = True,
                         allow_download: bool = False) -> "WordPieceTokenizer":
         """The ``vocab.txt`` of a local BERT directory, or of a hub name in the Hugging Face cache (fetched from
         the hub only with ``allow_download``)."""
@@ -70,9 +73,9 @@ class WordPieceTokenizer:
 
         directory = Path(name_or_dir).expanduser()
         if directory.is_dir():
-            return cls(directory / "vocab.txt", max_length=max_length)
+            return cls(directory / "vocab.txt", max_length=max_length, keep_sep=keep_sep)
         vocab = hub_file(str(name_or_dir), "vocab.txt", allow_download=allow_download, option="model.bert_path")
-        return cls(vocab, max_length=max_length)
+        return cls(vocab, max_length=max_length, keep_sep=keep_sep)
 
     def tokens(self, text: str) -> list[str]:
         """WordPiece tokens of one text (no special tokens); handy to check vocabulary coverage."""
@@ -81,6 +84,14 @@ class WordPieceTokenizer:
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
+        if not self.keep_sep:  # LAVT: [CLS] pieces [SEP], then the first max_length ids, zero-padded
+            rows = [ids[:self.max_length] for ids in self._tok(list(texts), add_special_tokens=True)["input_ids"]]
+            ids = torch.full((len(rows), self.max_length), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), self.max_length), dtype=torch.long)
+            for i, row in enumerate(rows):
+                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, :len(row)] = 1
+            return {"input_ids": ids, "attention_mask": mask}
         enc = self._tok(
             list(texts),
             padding="max_length",

@@ -65,6 +65,19 @@ def _write_handmade_refer(root: Path) -> Path:
     return root
 
 
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO uncompressed RLE of a boolean mask, computed by hand (column-major run lengths, starting with 0s)."""
+    flat = np.asarray(mask).flatten(order="F").astype(int)
+    counts, current, run = [], 0, 0
+    for value in flat:
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return {"size": list(np.asarray(mask).shape), "counts": counts}
+
+
 @pytest.fixture
 def handmade_refer(tmp_path: Path) -> Path:
     """Data root with a hand-written ``refcoco`` dataset (polygon and RLE segmentations)."""

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import uncompressed_rle
 from pseudo_ris.data import (EmptyMaskError, ReferDataError, ReferDataset, UnknownDatasetError, make_sentence,
                              mask_to_rle, rle_to_mask, write_refer_dataset)
 
@@ -40,15 +41,7 @@ def test_rle_round_trip_and_uncompressed():
     json.dumps(rle)  # JSON-safe
     assert np.array_equal(rle_to_mask(rle), mask)
     # uncompressed RLE (column-major run lengths), as iscrowd annotations use
-    flat = mask.flatten(order="F").astype(int)
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    assert np.array_equal(rle_to_mask({"size": [7, 9], "counts": counts}), mask)
+    assert np.array_equal(rle_to_mask(uncompressed_rle(mask)), mask)
 
 
 def test_writer_round_trip(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import uncompressed_rle
 from pseudo_ris.data import GeometryError, ReferDataError, ReferDataset, make_sentence, write_refer_dataset
 from pseudo_ris.synthref import build_synthref
 
@@ -130,18 +131,6 @@ def _rle(mask: np.ndarray, as_str: bool = True) -> dict:
     return {"size": list(rle["size"]), "counts": rle["counts"].decode() if as_str else rle["counts"]}
 
 
-def _uncompressed(mask: np.ndarray) -> dict:
-    flat = mask.flatten(order="F").astype(int)
-    counts, current, run = [], 0, 0
-    for value in flat:
-        if value != current:
-            counts.append(run)
-            current, run = value, 0
-        run += 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
-
-
 def _box(h, w, y0, y1, x0, x1) -> np.ndarray:
     m = np.zeros((h, w), bool)
     m[y0:y1, x0:x1] = True
@@ -153,10 +142,10 @@ def test_reader_accepts_every_coco_form_and_unions_overlaps(tmp_path):
     union = a | b
     forms = {
         "bare compressed RLE (our old files)": (_rle(a), a),
-        "bare uncompressed RLE (iscrowd)": (_uncompressed(a), a),
+        "bare uncompressed RLE (iscrowd)": (uncompressed_rle(a), a),
         "list of one RLE (REFER form)": ([_rle(a)], a),
         "list of two overlapping RLEs": ([_rle(a), _rle(b)], union),
-        "list of uncompressed RLEs": ([_uncompressed(a), _uncompressed(b)], union),
+        "list of uncompressed RLEs": ([uncompressed_rle(a), uncompressed_rle(b)], union),
     }
     for what, (seg, expected) in forms.items():
         ds = ReferDataset(_tiny_dataset(tmp_path / what.replace(" ", "_"), seg), "tiny")

@@ -247,14 +247,15 @@ def sample_rows(
     tokens, which no caption should contain) get logit -inf before the rule is applied."""
     n = stepper.n_rows
     device = top_k.device
-    seqs = [[sot_id] for _ in range(n)]
+    # tokens of every row, -1 after its end: written once per step for all rows (no Python loop over rows)
+    buf = torch.full((n, max_len), -1, dtype=torch.long, device=device)
+    buf[:, 0] = sot_id
     live = torch.arange(n, device=device)  # original row of each stepper row
     done = torch.zeros(n, dtype=torch.bool, device=device)  # indexed by stepper row
     tokens = torch.full((n,), sot_id, dtype=torch.long, device=device)
     for prefix_len in range(1, max_len):
         if prefix_len + 1 == max_len:
-            for r in live[~done].tolist():
-                seqs[r].append(eos_id)
+            buf[live[~done], prefix_len] = eos_id
             break
         z, z_dep = stepper.step(tokens)
         if banned_ids:
@@ -264,9 +265,7 @@ def sample_rows(
                                  eos_id=eos_id, prefix_len=prefix_len, min_len=min_len, max_len=max_len)
         nxt = sample_categorical(probs, generator)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        for r, tok, d in zip(live.tolist(), nxt.tolist(), done.tolist()):
-            if not d:
-                seqs[r].append(tok)
+        buf[live[~done], prefix_len] = nxt[~done]
         done = done | (nxt == eos_id) | (nxt == pad_id)
         if bool(done.all()):
             break
@@ -275,7 +274,7 @@ def sample_rows(
             stepper.select(keep)
             live, done, nxt = live[keep], done[keep], nxt[keep]
         tokens = nxt
-    return seqs
+    return [row[row >= 0].tolist() for row in buf.cpu()]
 
 
 @dataclass

@@ -19,12 +19,11 @@ refs repeat those test tasks under new ref and sentence ids. ``task_id`` is kept
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from .errors import ReferDataError
-from .refer import ReferDataset, make_sentence
+from .refer import ReferDataset, _load_json, make_sentence
 
 NAME = "phrasecut"
 FILE_SPLITS = ("train", "val", "test", "miniv")
@@ -57,14 +56,6 @@ def find_root(data_root: str | Path) -> Path:
             return path
     raise ReferDataError(f"VGPhraseCut not found under {data_root}: expected {candidates[0]}/ holding "
                          f"{IMAGE_INFO_FILES[0]}, refer_<split>.json and images/")
-
-
-def _read_json(path: Path) -> object:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise ReferDataError(f"{path} is not valid JSON (truncated?): {exc}") from None
 
 
 def file_splits_for(splits: Iterable[str]) -> list[str]:
@@ -110,7 +101,7 @@ def load_phrasecut(data_root: str | Path, splits: Iterable[str] = DEFAULT_SPLITS
     info_path = next((root / f for f in IMAGE_INFO_FILES if (root / f).is_file()), None)
     if info_path is None:
         raise ReferDataError(f"image list {root / IMAGE_INFO_FILES[0]} not found")
-    image_info = {int(i["image_id"]): i for i in _read_json(info_path)}
+    image_info = {int(i["image_id"]): i for i in _load_json(info_path)}
     splits = list(splits)
     images: dict[int, dict] = {}
     categories: dict[str, int] = {}
@@ -119,7 +110,7 @@ def load_phrasecut(data_root: str | Path, splits: Iterable[str] = DEFAULT_SPLITS
         path = root / f"refer_{file_split}.json"
         if not path.is_file():
             raise ReferDataError(f"PhraseCut split {file_split!r}: {path} not found")
-        tasks = _read_json(path)
+        tasks = _load_json(path)
         if not isinstance(tasks, list):
             raise ReferDataError(f"{path} holds a {type(tasks).__name__}, expected a list of tasks")
         for index, task in enumerate(tasks):

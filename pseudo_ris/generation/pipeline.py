@@ -43,23 +43,56 @@ class Captioner(Protocol):
 
 
 class CocaCaptioner:
-    """`pseudo_ris.captioning.generate_candidates` behind the `Captioner` interface (seeded per image)."""
+    """`pseudo_ris.captioning.generate_candidates` behind the `Captioner` interface (seeded per image).
 
-    def __init__(self, bundle: Any, settings: Sequence[Any] | None = None, *, batch_size: int = 256,
-                 min_len: int = 5, max_len: int = 30) -> None:
+    ``batch_size``: (row, image) decoder pairs in flight, or ``"auto"``: on a GPU every mask x view x setting of the
+    image in one batch when its caches fit in half the device's total memory (so the choice depends on the GPU
+    model, not on what else runs), else chunks that fit; 256 on a CPU. Chunking changes which random numbers a row
+    draws, so keep it fixed to reproduce a run. ``precision``: ``fp32`` (exact; default) or ``bf16`` / ``fp16``
+    autocast on a GPU (faster; logits rounded, so samples follow the same rule on slightly different numbers)."""
+
+    def __init__(self, bundle: Any, settings: Sequence[Any] | None = None, *, batch_size: int | str = 256,
+                 min_len: int = 5, max_len: int = 30, precision: str = "fp32") -> None:
         from pseudo_ris.captioning import default_settings
 
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise PseudoRISError(f"decoding.precision={precision!r}: choose fp32, bf16 or fp16")
+        if batch_size != "auto" and (not str(batch_size).isdigit() or int(batch_size) < 1):
+            raise PseudoRISError(f"decoding.batch_size={batch_size!r}: a positive integer or auto")
         self.bundle = bundle
         self.settings = list(settings) if settings is not None else default_settings()
         self.image_size = int(bundle.image_size)
         self.mean = tuple(bundle.mean)
-        self.kwargs = {"batch_size": batch_size, "min_len": min_len, "max_len": max_len}
+        self.batch_size = batch_size
+        self.precision = precision
+        self.kwargs = {"min_len": min_len, "max_len": max_len}
+
+    def pairs_budget(self, n_masks: int, n_views: int) -> int:
+        """Decoder pairs per chunk (see class docstring)."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        device = torch.device(self.bundle.device)
+        if device.type != "cuda":
+            return 256
+        dec, text = self.bundle.model.text_decoder, self.bundle.model.text
+        bytes_per = 2 if self.precision != "fp32" else 4
+        per_pair = 2 * self.kwargs["max_len"] * bytes_per * (len(dec.resblocks) * dec.width
+                                                              + len(text.transformer.resblocks) * text.width)
+        per_pair = int(per_pair * 1.5)  # activations and the sampling rule's [rows, vocab] tensors
+        fit = torch.cuda.get_device_properties(device).total_memory // 2 // per_pair
+        whole = n_views * n_masks * len(self.settings) * max(1, n_masks if n_masks <= 30 else 1)
+        return int(max(1, min(whole, fit)))
 
     def __call__(self, views: torch.Tensor, seed: int) -> list[list[Any]]:
         from pseudo_ris.captioning import generate_candidates
 
         gen = torch.Generator(device=self.bundle.device).manual_seed(seed)
-        return generate_candidates(self.bundle, views, self.settings, generator=gen, **self.kwargs)
+        device = torch.device(self.bundle.device)
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                            and device.type == "cuda"):
+            return generate_candidates(self.bundle, views, self.settings, generator=gen,
+                                       batch_size=self.pairs_budget(views.shape[0], views.shape[1]), **self.kwargs)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""LAVT-style network: Swin (timm) with pixel-word attention + language gates inside the encoder, BERT, light decoder."""
+"""LAVT-style network: Swin (padding and shifting as LAVT), pixel-word attention + language gates inside the
+encoder, BERT, light decoder."""
 
 from ris_models.lavt.model import LAVTModel
 

@@ -47,6 +47,8 @@ class LAVTModel(RISModel):
         threshold: float = 0.5,
         class_weights: Sequence[float] = (0.9, 1.1),
         backbone_lr_mult: float = 1.0,
+        bert_dropout: bool = False,
+        keep_sep: bool = False,
         load_pretrained: bool = True,
         allow_download: bool = False,
     ) -> None:
@@ -56,7 +58,7 @@ class LAVTModel(RISModel):
 
         if bert_path is not None:
             check_bert_path(bert_path)
-        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, allow_download)
+        self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, keep_sep, allow_download)
         if bert_path is None and bert_config is not None and "vocab_size" not in bert_config:
             bert_config = {**bert_config, "vocab_size": self.tokenizer.vocab_size}  # size the embedding to the vocab
         self.text_encoder = build_bert(bert_path, bert_config, load_weights=load_pretrained,
@@ -69,14 +71,23 @@ class LAVTModel(RISModel):
         if bert_train_layers is not None:
             _freeze_bert_except_first(self.text_encoder, int(bert_train_layers))
 
+        self.bert_dropout = bool(bert_dropout)
         self.encoder = LanguageAwareSwin(
-            lang_dim=self.text_encoder.config.hidden_size, img_size=self.input_size, embed_dim=embed_dim,
+            lang_dim=self.text_encoder.config.hidden_size, embed_dim=embed_dim,
             depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate, pwam_heads=pwam_heads,
             pretrained=swin_pretrained if load_pretrained else None,
         )
         self.decoder = SimpleDecoder(self.encoder.channels, decoder_hidden)
         self.register_buffer("class_weights", torch.tensor([float(w) for w in class_weights]), persistent=False)
+
+    def train(self, mode: bool = True) -> "LAVTModel":
+        """As LAVT, BERT stays in eval mode (dropout off) while the rest trains, unless ``bert_dropout``: the official
+        code builds BERT with ``from_pretrained`` (eval mode) and only ever calls ``train()`` on the other modules."""
+        super().train(mode)
+        if mode and not self.bert_dropout:
+            self.text_encoder.eval()
+        return self
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(texts)
@@ -126,13 +137,14 @@ class LAVTModel(RISModel):
 
 
 def _build_tokenizer(bert_path: str | None, vocab_file: str | None, max_tokens: int,
-                     allow_download: bool = False) -> WordPieceTokenizer:
+                     keep_sep: bool, allow_download: bool = False) -> WordPieceTokenizer:
     """An explicit vocab file wins, else the BERT directory's vocab.txt. Never a silent fallback: token ids must
     match the ones the text encoder was trained with."""
     if vocab_file is not None:
-        return WordPieceTokenizer(resolve_asset(vocab_file), max_length=max_tokens)
+        return WordPieceTokenizer(resolve_asset(vocab_file), max_length=max_tokens, keep_sep=keep_sep)
     if bert_path is not None:
-        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens, allow_download=allow_download)
+        return WordPieceTokenizer.from_pretrained(bert_path, max_length=max_tokens, keep_sep=keep_sep,
+                                                  allow_download=allow_download)
     raise ModelConfigError(
         "LAVT needs a vocabulary: give bert_path=<BERT directory> or vocab_file=<vocab.txt> "
         f"(e.g. the shipped {ASSETS_DIR.name}/synthref_wordpiece.txt)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import nn
 
 
@@ -40,7 +41,7 @@ class PixelWordAttention(nn.Module):
         v = v.reshape(b, -1, h, c // h).transpose(1, 2)
         # Scale by the full key width as LAVT does (not per head).
         sim = torch.matmul(q, k.transpose(-1, -2)) * (c ** -0.5)
-        sim = sim.masked_fill(word_mask[:, None, None, :] == 0, torch.finfo(sim.dtype).min)
+        sim = sim + (1e4 * word_mask[:, None, None, :].to(sim.dtype) - 1e4)  # as LAVT: -1e4 on padding words
         att = torch.matmul(F.softmax(sim, dim=-1), v)  # [B,h,N,c/h]
         att = att.transpose(1, 2).reshape(b, n, c)
         return self.out_norm(self.out(att).transpose(1, 2)).transpose(1, 2)
@@ -62,15 +63,16 @@ class PWAM(nn.Module):
 class LanguageGate(nn.Module):
     """tanh(W2 relu(W1 f)) per channel, multiplied with f.
 
-    LAVT zero-initialises both weights, which keeps the gate (and its gradients) exactly zero for ever; only the
-    second weight is zeroed here, so the gate starts closed but can open during training.
+    Both weights start truncated-normal with std 0.02, as LAVT's Swin initialisation leaves them (the gate starts
+    nearly closed, but not exactly: its gradients are not zero).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, dim, bias=False)
         self.fc2 = nn.Linear(dim, dim, bias=False)
-        nn.init.zeros_(self.fc2.weight)
+        trunc_normal_(self.fc1.weight, std=0.02)
+        trunc_normal_(self.fc2.weight, std=0.02)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.fc2(F.relu(self.fc1(f)))) * f

@@ -1,0 +1,60 @@
+"""Numerical parity with the official LAVT and CRIS code, for maintainers (needs their checkouts; not run in CI).
+
+    python tools/parity_check.py lavt_root=<LAVT-RIS checkout> cris_root=<CRIS.pytorch checkout>
+    python tools/parity_check.py lavt_root=<LAVT-RIS checkout> lavt_record=tests/fixtures   # re-record fixtures
+
+Each check builds the official model with random initialisation, maps its weights into our preset through the
+checkpoint importer and prints the largest absolute logits difference (CPU, float32). A root that is not given is
+skipped. The work is in ``ris_models.official``; this file only parses options and prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from pseudo_ris.data.errors import PseudoRISError
+
+
+def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = None,
+               dtype: str = "float32") -> list[str]:
+    """LAVT-RIS vs ``lavt_swin_b``: stage-wise and logits differences at ``size`` px; lines to print."""
+    from ris_models.official.lavt_reference import check_lavt as run, record_lavt_fixtures
+
+    lines = run(root, size=size, seed=seed, dtype=dtype)
+    if record is not None:
+        lines += [f"wrote {p}" for p in record_lavt_fixtures(root, Path(record))]
+    return lines
+
+
+def check_cris(root: str, preset: str) -> list[str]:
+    """CRIS.pytorch vs ``preset`` (cris_r50 / cris_r101); lines to print."""
+    raise PseudoRISError("the CRIS parity check is not available in this version")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="parity_check")
+def main(cfg: DictConfig) -> None:
+    if cfg.lavt_root is None and cfg.cris_root is None:
+        print("error: give lavt_root=<LAVT-RIS checkout> and/or cris_root=<CRIS.pytorch checkout>", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        if cfg.lavt_root is not None:
+            record = None if cfg.lavt_record is None else to_absolute_path(str(cfg.lavt_record))
+            for line in check_lavt(to_absolute_path(str(cfg.lavt_root)), int(cfg.lavt_size), int(cfg.seed), record,
+                                   str(cfg.lavt_dtype)):
+                print(line)
+        if cfg.cris_root is not None:
+            for preset in ("cris_r50", "cris_r101"):
+                for line in check_cris(to_absolute_path(str(cfg.cris_root)), preset):
+                    print(line)
+    except PseudoRISError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()
