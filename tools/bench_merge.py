@@ -7,7 +7,8 @@
 For each size a store is written (``pseudo_ris.generation.synthetic``: the generator's row format, 44 candidates
 per mask, 10 masks per image, 640x480 masks, 4 shards), then merged and filtered in a fresh child process (the
 filter stage's code path: shard check, streaming index, DoC filter, REFER dataset, merged store) whose peak
-resident memory (``ru_maxrss``) and CPU time (steady on a shared machine; wall time is printed too) are reported. ``baseline=true`` runs the in-memory path too (whole
+resident memory (``ru_maxrss``) and CPU time (steady on a shared machine; wall time is printed too) are reported.
+``baseline=true`` runs the in-memory path too (whole
 store loaded, filtered and written at once) at each size for the memory ratio. Options: ``dir=`` (scratch folder,
 default a temporary one under /tmp; the store is deleted after each size), ``shards=4``, ``masks=10``,
 ``candidates=44``, ``keep=false`` (keep the stores).
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pseudo_ris.kv_options import parse_key_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,17 +59,8 @@ print(json.dumps({"seconds": seconds, "wall": time.perf_counter() - wall, "rss_i
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    opts = {"images": "100000", "dir": "", "shards": "4", "masks": "10", "candidates": "44", "baseline": "false",
-            "keep": "false"}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            print(f"error: unknown option {arg!r}; options: {', '.join(f'{k}=' for k in opts)}", file=sys.stderr)
-            raise SystemExit(2)
-        opts[key] = value
+    opts = parse_key_values(argv, {"images": "100000", "dir": "", "shards": "4", "masks": "10", "candidates": "44",
+                                   "baseline": "false", "keep": "false"}, __doc__)
     return opts
 
 

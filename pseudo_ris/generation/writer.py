@@ -1,7 +1,7 @@
 """Filter stored candidates and write the pseudo-label dataset in the REFER layout.
 
-Runs on the stored candidates only (no model), streaming one image at a time: re-filtering with another threshold, policy or score transform is
-``filter_store(...)`` again. One ref per mask that keeps at least one caption; its sentences are the mask's kept
+Runs on the stored candidates only (no model), streaming one image at a time: re-filtering with another threshold,
+policy or score transform is ``filter_store(...)`` again. One ref per mask that keeps at least one caption; its sentences are the mask's kept
 captions (distinct texts, best DoC first); the annotation carries the mask RLE; images are referenced through
 ``image_dir`` (recorded in dataset_info.json), not copied; every ref is in split ``train`` (``split_by="pseudo"``).
 """
@@ -154,7 +154,8 @@ class FilterAccumulator:
         return {
             "images": self.n_images, "images_ok": self.status.get("ok", 0),
             "images_no_masks": self.status.get("no_masks", 0), "images_unreadable": self.status.get("unreadable", 0),
-            "unreadable": list(self.unreadable), "masks": self.masks, "masks_with_candidates": self.masks_with_candidates,
+            "unreadable": list(self.unreadable), "masks": self.masks,
+            "masks_with_candidates": self.masks_with_candidates,
             "masks_kept": self.masks_kept, "candidates": self.candidates, "kept": self.kept,
             "geomean_doc": math.exp(self.log_doc_sum / self.doc_n) if self.doc_n else None,
             "geomean_doc_kept": math.exp(self.log_doc_kept_sum / self.doc_kept_n) if self.doc_kept_n else None,
