@@ -15,8 +15,12 @@ subset of a larger ratio's). Sampling by image keeps every expression of a kept 
 dataset, and never leaks an image between the labelled and the unlabelled part.
 
 One training item is one **ref** (one mask); each time it is drawn one of its sentences is picked at random
-(for pseudo labels: one of the captions kept by the filter, DESIGN 1.5; for human refs the same rule, as in the
+(for pseudo labels: one of the captions kept by the filter; for human refs the same rule, as in the
 CRIS/LAVT loaders). An epoch therefore sees every mask once. Evaluation scores **every sentence of every ref**.
+
+Training randomness never touches the global generators: the order comes from a `ResumableSampler` seeded by
+``(seed, epoch)`` and each draw's choices (sentence, flip) from ``(seed, epoch, index)``, so a resumed run, any
+number of workers and an uninterrupted run all see the same batches (see ``ris_models.resumable``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pseudo_ris.data.sources import open_dataset
 
 from .eval_transforms import prepare_eval_sample
 from .protocol import EVAL_RESIZE_MODES, TARGET_RESIZES
+from .resumable import DrawKey, ResumableDataLoader, ResumableSampler, draw_rng
 from .transforms import RESIZE_MODES, resize_image, resize_mask, resize_meta, swap_left_right
 
 MODES = ("human", "pseudo", "mixed")
@@ -99,7 +104,7 @@ class RISTrainDataset(Dataset):
 
     def __init__(self, sources: Sequence[ReferDataset], items: Sequence[TrainRef], input_size: int,
                  image_mean: Sequence[float], image_std: Sequence[float], resize_mode: str = "letterbox",
-                 hflip_prob: float = 0.0) -> None:
+                 hflip_prob: float = 0.0, seed: int = 0) -> None:
         if not items:
             raise DataConfigError("no training refs selected (empty dataset, or ratio=0 without pseudo labels)")
         self.sources = list(sources)
@@ -108,20 +113,23 @@ class RISTrainDataset(Dataset):
         self.mean, self.std = tuple(image_mean), tuple(image_std)
         self.resize_mode = resize_mode
         self.hflip_prob = float(hflip_prob)
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: DrawKey | int) -> dict[str, Any]:
+        """``key``: a `DrawKey` from the sampler, or a plain index (drawn as in epoch 0)."""
+        epoch, index = (key.epoch, key.index) if isinstance(key, DrawKey) else (0, int(key))
         item = self.items[index]
         ds = self.sources[item.source]
         ref = ds.refs_by_id[item.ref_id]
-        # torch's RNG: seeded by seed_everything in the main process and per worker by the DataLoader
-        sent = ref["sentences"][int(torch.randint(len(ref["sentences"]), ()).item())]
+        rng = draw_rng(self.seed, epoch, index)  # this draw's choices, independent of workers and resumes
+        sent = ref["sentences"][int(rng.integers(len(ref["sentences"])))]
         sentence = sent.get("sent") or sent.get("raw", "")
         image = ds.load_image(ref["image_id"])
         mask = ds.ref_mask(ref)
-        if self.hflip_prob > 0 and float(torch.rand(())) < self.hflip_prob:
+        if self.hflip_prob > 0 and float(rng.random()) < self.hflip_prob:
             image, mask = image[:, ::-1], mask[:, ::-1]
             sentence = swap_left_right(sentence)
         meta = resize_meta(image.shape[0], image.shape[1], self.input_size, self.resize_mode)
@@ -204,6 +212,7 @@ class RISDataModule(L.LightningDataModule):
             (``ris_models.protocol``; ``eval_resize_mode=None``: as ``resize_mode``).
         subset_seed: seed of the ratio sampling (independent of the training seed on purpose: same subset
             across training seeds unless changed).
+        seed: the training seed: data order and per-draw choices (see ``ris_models.resumable``).
         limit_eval: evaluate at most this many sentences per split (quick checks; ``None`` = all).
     """
 
@@ -214,7 +223,7 @@ class RISDataModule(L.LightningDataModule):
                  eval_splits: Sequence[str] | None = None, batch_size: int = 8, eval_batch_size: int | None = None,
                  num_workers: int = 0, resize_mode: str = "letterbox", hflip_prob: float = 0.0,
                  subset_seed: int = 0, limit_eval: int | None = None, eval_resize_mode: str | None = None,
-                 target_resize: str = "bilinear") -> None:
+                 target_resize: str = "bilinear", seed: int = 0) -> None:
         super().__init__()
         if mode not in MODES:
             raise DataConfigError(f"unknown data mode {mode!r}; expected one of {MODES}")
@@ -245,12 +254,15 @@ class RISDataModule(L.LightningDataModule):
         self.resize_mode = resize_mode
         self.hflip_prob = float(hflip_prob)
         self.subset_seed = int(subset_seed)
+        self.seed = int(seed)
         self.limit_eval = limit_eval
         self.eval_resize_mode = eval_resize_mode or resize_mode  # the evaluation protocol's (default: training's)
         self.target_resize = target_resize
         self._human: ReferDataset | None = None
         self._pseudo: ReferDataset | None = None
         self._train: RISTrainDataset | None = None
+        self._train_sampler: ResumableSampler | None = None
+        self._pending_position: dict[str, Any] | None = None
         self._eval: dict[str, RISEvalDataset] = {}
         if mode in ("pseudo", "mixed"):
             self.pseudo_dataset  # fail fast, before any model is built or trained
@@ -305,7 +317,7 @@ class RISDataModule(L.LightningDataModule):
                 if ds is not None:
                     ds.check_image_files(ds.refs_by_id[i.ref_id] for i in items if i.source == index)
             self._train = RISTrainDataset(sources, items, self.input_size, self.image_mean,
-                                          self.image_std, self.resize_mode, self.hflip_prob)
+                                          self.image_std, self.resize_mode, self.hflip_prob, self.seed)
         return self._train
 
     def eval_dataset(self, split: str) -> RISEvalDataset:
@@ -324,27 +336,58 @@ class RISDataModule(L.LightningDataModule):
             for split in self.val_splits:
                 self.eval_dataset(split)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, evaluation: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """An evaluation loader (fixed order; its own generator, so creating it never draws from the global one)."""
         sampler = None
-        if evaluation and torch.distributed.is_available() and torch.distributed.is_initialized() \
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             # Lightning's default DistributedSampler pads ranks with repeated samples, which would count some
             # sentences twice; this one splits the split exactly (ranks may differ by one batch; fine in eval).
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate, drop_last=False,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=collate, drop_last=False,
+                          persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+    def train_sampler(self) -> ResumableSampler:
+        """The training order and position (one per data module, so every loader built from it continues it)."""
+        if self._train_sampler is None:
+            self._train_sampler = ResumableSampler(len(self.train_dataset()), self.batch_size, seed=self.seed)
+            if self._pending_position is not None:
+                self._train_sampler.load_state_dict(self._pending_position)
+                self._pending_position = None
+        return self._train_sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the training position (epoch, batches trained on)."""
+        return {"train_position": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the data module before it builds any loader (and before ``configure_optimizers``
+        # asks for the number of batches, which already creates the training iterator): the position must be
+        # in place by then, so it is kept here rather than only in the loader's own state
+        position = state_dict.get("train_position")
+        if position is None:
+            return
+        if self._train_sampler is not None:
+            self._train_sampler.load_state_dict(position)
+        else:
+            self._pending_position = dict(position)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), True, self.batch_size)
+        """Shuffled by a `ResumableSampler` (which also splits ranks under DDP; Lightning must not replace it)."""
+        dataset = self.train_dataset()
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler(),
+                                   num_workers=self.num_workers, collate_fn=collate, drop_last=False,
+                                   persistent_workers=self.num_workers > 0,
+                                   generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.eval_dataset(s), False, self.eval_batch_size, True) for s in self.val_splits]
+        return [self._loader(self.eval_dataset(s), self.eval_batch_size) for s in self.val_splits]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.eval_dataset(s), False, self.eval_batch_size, True) for s in self.test_splits]
+        return [self._loader(self.eval_dataset(s), self.eval_batch_size) for s in self.test_splits]
 
     # splits scored by ``trainer.test``; set by the evaluation code (defaults to all eval splits)
     test_splits_override: list[str] | None = None

@@ -11,6 +11,7 @@ Files written next to the evaluated checkpoint (``<ckpt dir>/``):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from dataclasses import replace
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.locks import directory_lock, is_primary_process
 from pseudo_ris.data.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pseudo_ris.data.refer import ReferDataset
 from ris_models.datamodule import RISDataModule
@@ -180,7 +182,6 @@ def dataset_label(name: str, split_by: str | None) -> str:
 def _evaluation_data(cfg: Any, info: dict[str, Any], what: str) -> tuple[Path, str, str | None, list | None]:
     """(data_root, dataset name, split_by, eval splits) from ``dataset=`` / ``data_root=`` or the checkpoint."""
     from ris_models.prepare import resolve_data
-
     ds_cfg = cfg.get("dataset")
     if ds_cfg is None:
         if "dataset" not in info:
@@ -208,6 +209,9 @@ def _requested_splits(cfg: Any, ds: ReferDataset, eval_splits: Sequence[str] | N
 
 def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
     """``tools/evaluate.py``: a checkpoint (``ckpt=``) or external masks (``predictions=``), exactly one."""
+    from ris_models.validation import check_evaluate_config
+
+    check_evaluate_config(cfg)  # options and the checkpoint file, before any data is built or anything written
     if (cfg.get("ckpt") is None) == (cfg.get("predictions") is None):
         raise CheckpointDataError("pass exactly one of ckpt=<checkpoint file> or predictions=<folder of "
                                   "<sent_id>.png | COCO-RLE .json>")
@@ -239,9 +243,13 @@ def evaluate_checkpoint(cfg: Any) -> dict[str, dict[str, float]]:
     splits = _requested_splits(cfg, dm.human_dataset, None) if cfg.get("split", "all") not in (None, "all") \
         else None
     out_dir = Path(str(cfg["out_dir"])).expanduser() if cfg.get("out_dir") else ckpt.parent
-    trainer, _ = build_trainer({"trainer": cfg["trainer"], "epochs": 1}, out_dir, logger=False, monitor=None)
-    return evaluate_splits(trainer, lit, dm, splits, out_dir, dataset_label=dataset_label(name, dm.human_dataset.split_by),
-                           checkpoint_label=str(ckpt))
+    with contextlib.ExitStack() as stack:
+        if is_primary_process():  # one writer per output folder (a training writing there, another evaluation)
+            stack.enter_context(directory_lock(out_dir, purpose="write evaluation results into (out_dir=...)"))
+        trainer, _ = build_trainer({"trainer": cfg["trainer"], "epochs": 1}, out_dir, logger=False, monitor=None)
+        return evaluate_splits(trainer, lit, dm, splits, out_dir,
+                               dataset_label=dataset_label(name, dm.human_dataset.split_by),
+                               checkpoint_label=str(ckpt))
 
 
 def evaluate_predictions(cfg: Any) -> dict[str, dict[str, float]]:

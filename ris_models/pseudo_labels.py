@@ -11,13 +11,13 @@ unchanged one reuses them. Generation itself is resumable, so an interrupted fir
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.locks import file_lock
 
 COMPLETE = "pseudo_labels_complete.json"
 # options that do not change the labels (where and how verbosely they are made)
@@ -66,8 +66,7 @@ def ensure_pseudo_labels(gen_cfg: Mapping[str, Any], *, data_root: str | Path, c
     out = Path(cache_dir).expanduser() / "pseudo" / pseudo_label_key(cfg)
     out.mkdir(parents=True, exist_ok=True)
     # one generator at a time per key: DDP ranks (or two shells) started together wait for the first one
-    with open(out.parent / f"{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(out.parent / f"{out.name}.lock"):
         if (out / COMPLETE).is_file():
             print(f"[pseudo labels] reusing {out}")
             return out

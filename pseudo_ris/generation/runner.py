@@ -7,6 +7,7 @@ same keys works (tests pass plain dicts).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import torch
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.locks import directory_lock
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
 from pseudo_ris.filtering.spatial_phrases import SpatialConfig
@@ -30,6 +32,7 @@ from pseudo_ris.generation.store import CandidateStore, StoreIndex, check_meta
 from pseudo_ris.generation.writer import filter_store
 from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 from pseudo_ris.data.plain import to_plain as _plain
+from pseudo_ris.validation import check_generate_options
 
 log = logging.getLogger(__name__)
 
@@ -324,16 +327,34 @@ def default_out_dir(cfg: Mapping[str, Any]) -> str:
 def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     """Run ``cfg['stage']`` (``all`` | ``generate`` | ``filter``); returns the summary dict."""
     cfg = _plain(cfg)
+    check_generate_options(cfg)  # every option that needs no images or models, before anything is written
     torch.set_num_threads(int(cfg.get("threads", 1)))
     stage = cfg.get("stage", "all")
-    if stage not in ("all", "generate", "filter"):
-        raise GenerateConfigError(f"unknown stage {stage!r}; choose all, generate or filter")
     if stage in ("all", "generate"):
         check_pretrained_tags(cfg)  # before any image is read or SynthRef is built
     if cfg.get("out_dir") in (None, "", "auto"):
         cfg["out_dir"] = default_out_dir(cfg)
     if cfg.get("out_root") in (None, ""):
         cfg["out_root"] = cfg["out_dir"]
+    with contextlib.ExitStack() as stack:
+        _lock_store(stack, cfg, stage)
+        return _run_locked(cfg, stage, on_image)
+
+
+def _lock_store(stack: contextlib.ExitStack, cfg: Mapping[str, Any], stage: str) -> None:
+    """One writer per store: ``stage=generate`` shares ``<out_dir>/.lock`` with the other shards and holds its own
+    shard's lock; ``all`` and ``filter`` (which read every shard and write the dataset) hold ``.lock`` alone."""
+    out_dir = Path(cfg["out_dir"]).expanduser()
+    purpose = "generate into (out_dir=...)"
+    if stage == "generate":
+        shard, num_shards = int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, shared=True))
+        stack.enter_context(directory_lock(out_dir, purpose=purpose, name=f".lock.shard{shard}of{num_shards}"))
+    else:
+        stack.enter_context(directory_lock(out_dir, purpose=purpose))
+
+
+def _run_locked(cfg: dict[str, Any], stage: str, on_image: Any) -> dict[str, Any]:
     source = build_image_source(cfg)
     out: dict[str, Any] = {"out_dir": str(cfg["out_dir"])}
     num_shards = int(cfg.get("num_shards", 1))
@@ -357,7 +378,7 @@ def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     keys = ["out_dir", "images", "images_ok", "images_no_masks", "images_unreadable", "masks", "masks_kept", "candidates",
-            "kept", "mean_doc", "median_doc", "mean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
+            "kept", "median_doc", "geomean_doc", "geomean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
             "run_seconds", "images_per_second", "dataset", "report", "complete"]
     lines = [f"  {k}: {summary[k]}" for k in keys if k in summary]
     for u in summary.get("unreadable", []):

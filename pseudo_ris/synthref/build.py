@@ -26,7 +26,6 @@ of the config: two builds with the same config are byte-identical.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -41,6 +40,7 @@ from tqdm.auto import tqdm
 
 from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_bytes, atomic_write_json
+from pseudo_ris.data.locks import directory_lock, file_lock
 from pseudo_ris.data.masks import mask_to_rle
 from pseudo_ris.data.refer import make_sentence, write_refer_dataset
 from pseudo_ris.synthref.config import GENERATOR_VERSION, SynthRefConfig
@@ -228,6 +228,11 @@ def build_synthref(root: str | Path, seed: int | None = None, num_images: int | 
     cfg = SynthRefConfig.from_any(cfg, seed=seed, num_images=num_images, pool_images=pool_images)
     root = Path(root).expanduser()
     _check_writable(root)
+    with directory_lock(root, purpose="build SynthRef into (root=...)"):  # one builder per directory
+        return _build_locked(root, cfg, progress, workers)
+
+
+def _build_locked(root: Path, cfg: SynthRefConfig, progress: bool, workers: int) -> Path:
     (root / BUILD_MARKER).unlink(missing_ok=True)  # a rebuild is incomplete until the marker is rewritten
     image_dir = root / IMAGE_SUBDIR
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -322,28 +327,12 @@ def ensure_synthref(root: str | Path, cfg: SynthRefConfig | Mapping[str, Any] | 
     target = root / cfg.cache_key()
     if is_complete(target):
         return target
-    with _exclusive_lock(root / f".{cfg.cache_key()}.lock"):  # concurrent callers (e.g. DDP ranks) build once
+    with file_lock(root / f".{cfg.cache_key()}.lock"):  # concurrent callers (e.g. DDP ranks) build once
         if is_complete(target):
             return target
         if target.exists():
             shutil.rmtree(target)  # partial build of this exact config: only ever written by us
         return build_synthref(target, cfg=cfg, progress=progress, workers=workers)
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Advisory inter-process lock (POSIX flock; a no-op where fcntl is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def read_build_info(path: str | Path) -> dict:

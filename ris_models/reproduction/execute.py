@@ -6,7 +6,6 @@ Errors are recorded on the run, not raised, so one broken configuration does not
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.locks import LOCK_NAME, file_lock
 from ris_models.reproduction.plan import ROWS, Plan, planned_runs, run_dir
 from ris_models.reproduction.stages import complete_datasets, run_trained, run_zero_shot
 
@@ -45,18 +45,10 @@ class RunRecord:
 @contextlib.contextmanager
 def run_lock(run: Path) -> Iterator[bool]:
     """Non-blocking exclusive lock on a run directory: yields False when another process holds it, so several
-    ``tools/reproduce.py`` processes can share one plan (each takes the runs nobody else is doing)."""
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    ``tools/reproduce.py`` processes can share one plan (each takes the runs nobody else is doing). The same
+    ``<run>/.lock`` that training takes for its output directory (nested in this process)."""
+    with file_lock(run / LOCK_NAME, blocking=False) as mine:
+        yield mine
 
 
 def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bool = False) -> list[RunRecord]:
