@@ -182,7 +182,6 @@ def dataset_label(name: str, split_by: str | None) -> str:
 def _evaluation_data(cfg: Any, info: dict[str, Any], what: str) -> tuple[Path, str, str | None, list | None]:
     """(data_root, dataset name, split_by, eval splits) from ``dataset=`` / ``data_root=`` or the checkpoint."""
     from ris_models.prepare import resolve_data
-
     ds_cfg = cfg.get("dataset")
     if ds_cfg is None:
         if "dataset" not in info:
@@ -210,6 +209,9 @@ def _requested_splits(cfg: Any, ds: ReferDataset, eval_splits: Sequence[str] | N
 
 def evaluate(cfg: Any) -> dict[str, dict[str, float]]:
     """``tools/evaluate.py``: a checkpoint (``ckpt=``) or external masks (``predictions=``), exactly one."""
+    from ris_models.validation import check_evaluate_config
+
+    check_evaluate_config(cfg)  # options and the checkpoint file, before any data is built or anything written
     if (cfg.get("ckpt") is None) == (cfg.get("predictions") is None):
         raise CheckpointDataError("pass exactly one of ckpt=<checkpoint file> or predictions=<folder of "
                                   "<sent_id>.png | COCO-RLE .json>")

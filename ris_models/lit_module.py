@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.safe_load import UnreadableFileError, UnsafeFileError, load_torch_file
 from ris_models.eval_transforms import logits_to_masks
 from ris_models.metrics import RISMetrics, metrics_to_floats
 from ris_models.optimization import build_optimizer, build_scheduler, describe, spec_from
@@ -212,13 +213,12 @@ def check_compatible(checkpoint: dict[str, Any], model: RISModel, source: str = 
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict, read without running code (``weights_only=True``); `CheckpointError` names the file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        checkpoint = load_torch_file(path, what="checkpoint")
+    except (UnsafeFileError, UnreadableFileError) as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if "ris_model" not in checkpoint:

@@ -34,6 +34,7 @@ from ris_models.protocol import protocol_from_config
 from ris_models.registry import MODEL_REGISTRY, RISModel, build_model, check_weight_sources
 from ris_models.resumable import DataPositionCallback, RNGStateCallback
 from ris_models.run_state import mark_finished, plan_resume
+from ris_models.validation import check_train_config
 
 LOGGERS = ("none", "csv", "wandb")
 
@@ -173,6 +174,7 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list | None = None,
 
     Returns ``{"output_dir", "best_ckpt", "last_ckpt", "results", "global_step", "train_seconds"}``.
     """
+    check_train_config(cfg)  # every option that needs no data, before anything is built, generated or written
     output_dir = Path(str(cfg["output_dir"])).expanduser()
     with contextlib.ExitStack() as stack:
         if is_primary_process():  # DDP ranks started by the primary share its directory

@@ -167,12 +167,12 @@ def test_train_sam_reloads_and_resumes(tmp_path):
 
     out = tmp_path / "sam"
     path = train_sam(dict(SAM_FAST, stop_after=2), out_dir=out, progress=False)
-    state = torch.load(out / "train_state.pt", weights_only=False)
+    state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["step"] == 2
     path = train_sam(SAM_FAST, out_dir=out, progress=False)  # same recipe: continues at step 2
     record = json.loads((out / "recipe.json").read_text())
     assert [r["resumed_from"] for r in record["runs"]] == [0, 2] and record["runs"][-1]["steps_done"] == 3
-    assert torch.load(out / "train_state.pt", weights_only=False)["step"] == 3
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 3
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(row["loss"]) for row in logged)
     sam = build_sam("tiny", checkpoint=path)

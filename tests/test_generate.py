@@ -119,7 +119,7 @@ def test_refilter_reuses_candidates_without_captioning(synthref_root, tmp_path, 
     assert strict["kept"] == 0 and strict["refs"] == 0
     assert ReferDataset(out, "pseudo", split_by="pseudo").refs == []
     loose = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter", "max_images=2",
-                            "filter.threshold=-1", "filter.key=uniqueness"))
+                            "filter.threshold=1e-12", "filter.key=uniqueness"))
     assert loose["kept"] == loose["candidates"] >= base["kept"]
     topk = runner.run(_cfg(out, f"data_root={synthref_root}", "masks=gt", "stage=filter", "max_images=2",
                            "filter.threshold=1e9", "filter.fallback=topk", "filter.topk=2"))

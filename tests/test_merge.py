@@ -4,6 +4,7 @@ checks (missing / unfinished / duplicated / foreign), stale temporary files, the
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import tracemalloc
 from pathlib import Path
@@ -55,7 +56,11 @@ def test_streaming_result_equals_in_memory_filter(tmp_path):
     mem = writer.filter_candidates(images, cands, POLICY)
     for key in ("images", "masks", "candidates", "kept", "masks_kept", "mask_decisions", "median_doc"):
         assert res.summary[key] == mem.summary[key], key
-    assert res.summary["mean_doc"] == pytest.approx(mem.summary["mean_doc"], rel=1e-12)
+    assert res.summary["geomean_doc"] == pytest.approx(mem.summary["geomean_doc"], rel=1e-12)
+    # the geometric mean of the positive DoC values, computed here from the marked candidates
+    docs = [r["doc"] for r in mem.candidates if r["doc"] is not None and math.isfinite(r["doc"]) and r["doc"] > 0]
+    assert docs and mem.summary["geomean_doc"] == pytest.approx(math.exp(sum(map(math.log, docs)) / len(docs)))
+    assert "mean_doc" not in mem.summary
     assert res.summary["by_setting_view"] == mem.summary["by_setting_view"]
     imgs, anns, cats, refs = writer.build_refer_records(mem)
     write_refer_dataset(tmp_path / "mem", "pseudo", split_by="pseudo", images=imgs, annotations=anns,

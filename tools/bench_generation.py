@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from pseudo_ris.kv_options import parse_key_values
+
 OPTIONS = {"masks": "10,30", "device": "cpu", "precision": "fp32", "batch": "1024", "threads": "1", "clock": "cpu"}
 MAX_LEN = 30
 STEPS = MAX_LEN - 2  # decoder steps at prefix lengths 1..28; the 29th token is the forced EOS
@@ -41,16 +43,7 @@ VIEWS, SETTINGS, BEAMS, POINTS = 4, 10, 6, 32 * 32
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    opts = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            print(f"error: unknown option {arg!r}; options: {', '.join(f'{k}=' for k in opts)}", file=sys.stderr)
-            raise SystemExit(2)
-        opts[key] = value
+    opts = parse_key_values(argv, OPTIONS, __doc__)
     if opts["precision"] not in ("fp32", "bf16", "fp16") or opts["clock"] not in ("cpu", "wall"):
         print("error: precision=fp32|bf16|fp16, clock=cpu|wall", file=sys.stderr)
         raise SystemExit(2)
@@ -140,7 +133,8 @@ def bench_coca(meter: Meter, device: Any, autocast: Callable, ns: list[int], bat
     import numpy as np
     import torch
 
-    from pseudo_ris.captioning import load_coca, next_token_probs, sample_categorical
+    from pseudo_ris.captioning import load_coca, next_token_probs
+    from pseudo_ris.captioning.decoding import sample_categorical
     from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper, precompute_cross_kv
     from pseudo_ris.crops import make_views
 

@@ -7,7 +7,8 @@
 For each size a store is written (``pseudo_ris.generation.synthetic``: the generator's row format, 44 candidates
 per mask, 10 masks per image, 640x480 masks, 4 shards), then merged and filtered in a fresh child process (the
 filter stage's code path: shard check, streaming index, DoC filter, REFER dataset, merged store) whose peak
-resident memory (``ru_maxrss``) and wall time are reported. ``baseline=true`` runs the in-memory path too (whole
+resident memory (``ru_maxrss``) and CPU time (steady on a shared machine; wall time is printed too) are reported.
+``baseline=true`` runs the in-memory path too (whole
 store loaded, filtered and written at once) at each size for the memory ratio. Options: ``dir=`` (scratch folder,
 default a temporary one under /tmp; the store is deleted after each size), ``shards=4``, ``masks=10``,
 ``candidates=44``, ``keep=false`` (keep the stores).
@@ -24,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pseudo_ris.kv_options import parse_key_values
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _WORKER = r"""
@@ -34,7 +37,7 @@ from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.generation import writer
 rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 policy = FilterPolicy(threshold=1.0, score_transform="logit")
-start = time.perf_counter()
+start, wall = time.process_time(), time.perf_counter()
 if mode == "stream":
     res = writer.filter_store(store, policy, dataset_root=store / "out", dataset_name="pseudo", image_dir=store,
                               num_shards=int(sys.argv[3]))
@@ -48,25 +51,16 @@ else:  # in memory: the whole store at once
     write_refer_dataset(store / "out_mem", "pseudo", split_by="pseudo", images=imgs, annotations=anns,
                         categories=cats, refs=refs, image_dir=str(store))
     summary = {**res.summary, "refs": len(refs)}
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "rss_imports_mb": rss_imports,
+seconds = time.process_time() - start
+print(json.dumps({"seconds": seconds, "wall": time.perf_counter() - wall, "rss_imports_mb": rss_imports,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "candidates": summary["candidates"], "kept": summary["kept"], "refs": summary["refs"]}))
 """
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    opts = {"images": "100000", "dir": "", "shards": "4", "masks": "10", "candidates": "44", "baseline": "false",
-            "keep": "false"}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            print(f"error: unknown option {arg!r}; options: {', '.join(f'{k}=' for k in opts)}", file=sys.stderr)
-            raise SystemExit(2)
-        opts[key] = value
+    opts = parse_key_values(argv, {"images": "100000", "dir": "", "shards": "4", "masks": "10", "candidates": "44",
+                                   "baseline": "false", "keep": "false"}, __doc__)
     return opts
 
 
@@ -109,14 +103,14 @@ def main() -> None:
               f"{build_s:.1f} s", flush=True)
         stream = _worker("stream", store, shards)
         out_mb = _size_mb(store) - store_mb
-        line = (f"  {n} images: streaming merge {stream['seconds']:.1f} s "
+        line = (f"  {n} images: streaming merge {stream['seconds']:.1f} CPU s ({stream['wall']:.1f} s wall) "
                 f"({info['candidates'] / stream['seconds']:.0f} rows/s), peak RSS {stream['peak_rss_mb']:.0f} MB "
                 f"(after imports {stream['rss_imports_mb']:.0f} MB), {stream['kept']} kept, {stream['refs']} refs, "
                 f"{out_mb:.0f} MB written")
         mem = None
         if opts["baseline"] == "true":
             mem = _worker("memory", store, shards)
-            line += (f"; in-memory merge {mem['seconds']:.1f} s, peak RSS {mem['peak_rss_mb']:.0f} MB "
+            line += (f"; in-memory merge {mem['seconds']:.1f} CPU s, peak RSS {mem['peak_rss_mb']:.0f} MB "
                      f"({mem['peak_rss_mb'] / stream['peak_rss_mb']:.1f}x the streaming peak)")
         print(line, flush=True)
         results.append((n, stream, mem))

@@ -24,6 +24,8 @@ import resource
 import sys
 import time
 
+from pseudo_ris.kv_options import parse_key_values
+
 OPTIONS = {"model": "lavt_swin_b", "device": "cpu", "batch": "2", "size": "", "steps": "3", "warmup": "1",
            "threads": "1", "precision": "fp32", "channels_last": "false", "clock": "cpu"}
 SENTENCES = ["the man on the left in a red shirt", "a small white dog next to the bench", "the second car",
@@ -32,16 +34,7 @@ SENTENCES = ["the man on the left in a red shirt", "a small white dog next to th
 
 
 def _parse(argv: list[str]) -> dict[str, str]:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        raise SystemExit(0)
-    opts = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            print(f"error: unknown option {arg!r}; options: {', '.join(f'{k}=' for k in opts)}", file=sys.stderr)
-            raise SystemExit(2)
-        opts[key] = value
+    opts = parse_key_values(argv, OPTIONS, __doc__)
     if opts["model"] not in ("lavt_swin_b", "cris_r50", "cris_r101", "lavt_tiny", "cris_tiny"):
         print(f"error: model={opts['model']} is not a preset (lavt_swin_b | cris_r50 | cris_r101 | lavt_tiny | "
               "cris_tiny)", file=sys.stderr)

@@ -12,22 +12,17 @@ Prints the evaluation protocol and mIoU / oIoU / P@0.5..0.9 per split and writes
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from ris_models.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         evaluate(cfg)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ See conf/generate.yaml for every option.
 from __future__ import annotations
 
 import os
-import sys
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from pseudo_ris.generation.launch import launcher_shard
 from pseudo_ris.generation.runner import format_summary, run
 
@@ -32,23 +31,16 @@ _PATH_KEYS = ("data_root", "image_dir", "out_dir", "out_root", "cache_dir")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     params = OmegaConf.to_container(cfg, resolve=True)
-    try:
+    with user_errors():
         launcher_shard(params, os.environ)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    for key in _PATH_KEYS:
-        if params.get(key) is not None and not str(params[key]).startswith("~"):
-            params[key] = to_absolute_path(str(params[key]))
-    for group in ("sam", "external"):
-        for key in ("checkpoint", "detections"):
-            if (params.get(group) or {}).get(key) not in (None, "", "shipped"):
-                params[group][key] = to_absolute_path(str(params[group][key]))
-    try:
+        for key in _PATH_KEYS:
+            if params.get(key) is not None and not str(params[key]).startswith("~"):
+                params[key] = to_absolute_path(str(params[key]))
+        for group in ("sam", "external"):
+            for key in ("checkpoint", "detections"):
+                if (params.get(group) or {}).get(key) not in (None, "", "shipped"):
+                    params[group][key] = to_absolute_path(str(params[group][key]))
         summary = run(params)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
     print(format_summary(summary))
 
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -15,30 +14,32 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from pseudo_ris.synthref import SynthRefConfig, build_synthref, ensure_synthref, read_build_info
 from pseudo_ris.synthref.build import is_complete
 from pseudo_ris.synthref.preview import format_summary, save_preview
+from pseudo_ris.validation import check_int, check_writable_dir
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="synthref")
 def main(cfg: DictConfig) -> None:
-    gen_cfg = SynthRefConfig.from_cli(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.preview:
-        out = save_preview(to_absolute_path(str(cfg.preview)), gen_cfg, count=int(cfg.preview_count))
-        print(f"wrote {out}")
-        return
-    root = Path(to_absolute_path(str(Path(str(cfg.root)).expanduser())))
-    start = time.perf_counter()
-    reused = bool(cfg.cached) and is_complete(root / gen_cfg.cache_key())
-    try:
+    with user_errors():
+        gen_cfg = SynthRefConfig.from_cli(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.preview:
+            preview = Path(to_absolute_path(str(cfg.preview)))
+            check_writable_dir(preview.parent, "preview (its directory)")
+            out = save_preview(preview, gen_cfg, count=int(cfg.preview_count))
+            print(f"wrote {out}")
+            return
+        root = Path(to_absolute_path(str(Path(str(cfg.root)).expanduser())))
+        check_writable_dir(root, "root")
+        check_int(cfg.workers, "workers", minimum=1)
+        start = time.perf_counter()
+        reused = bool(cfg.cached) and is_complete(root / gen_cfg.cache_key())
         if cfg.cached:
             path = ensure_synthref(root, gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
         else:
             path = build_synthref(root, cfg=gen_cfg, progress=bool(cfg.progress), workers=int(cfg.workers))
-    except PseudoRISError as exc:  # SynthRefError, a directory in use, ...
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
     elapsed = time.perf_counter() - start
     info = read_build_info(path)
     verb = "reused (complete build found)" if reused else f"written in {elapsed:.1f} s"

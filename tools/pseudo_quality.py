@@ -8,14 +8,13 @@ Prints the mask-quality and referential-accuracy table and writes quality.json /
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from pseudo_ris.evaluation.quality import GroundTruth, dataset_quality, format_quality, store_quality, write_quality
 
 
@@ -26,7 +25,7 @@ def _path(value) -> Path | None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pseudo_quality")
 def main(cfg: DictConfig) -> None:
     params = OmegaConf.to_container(cfg, resolve=True)
-    try:
+    with user_errors():
         data_root = _path(params["data_root"])
         if data_root is None:
             from ris_models.prepare import synthref_root
@@ -45,9 +44,6 @@ def main(cfg: DictConfig) -> None:
         print(format_quality(report, written, title))
         json_path, md_path = write_quality(report, out_dir, dataset=written, title=title)
         print(f"\nwrote {json_path} and {md_path}")
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ See conf/train.yaml for every option; unknown keys are rejected by Hydra.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra import compose
 from omegaconf import DictConfig
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 from ris_models.training import train
 
 
@@ -31,11 +29,8 @@ def generation_config(cfg: DictConfig) -> DictConfig | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():  # bad data/config: one line and exit code 2 (PSEUDO_RIS_DEBUG=1: traceback)
         train(cfg, generate_cfg=generation_config(cfg))
-    except PseudoRISError as exc:  # bad data/config: a clear message, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":

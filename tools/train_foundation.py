@@ -9,13 +9,15 @@ rather than read from the conf/ search path so that ``model=...`` stays a plain 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+from pseudo_ris.cli import user_errors
+from pseudo_ris.validation import check_choice, check_int, check_writable_dir
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "foundation.yaml"
 ConfigStore.instance().store(name="foundation_cli", node=OmegaConf.load(CONF))
@@ -26,17 +28,18 @@ def main(cfg: DictConfig) -> None:
     from pseudo_ris.foundation import evaluate_coca, evaluate_sam, train_coca, train_sam
     from pseudo_ris.foundation.clip_training import evaluate_clip, train_clip
 
-    torch.set_num_threads(int(cfg.threads))
     trainers = {"sam": (train_sam, evaluate_sam), "coca": (train_coca, evaluate_coca), "clip": (train_clip, None)}
-    if cfg.model not in trainers:
-        print(f"error: model must be one of {sorted(trainers)}, got {cfg.model!r}", file=sys.stderr)
-        raise SystemExit(2)
-    section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
-    if cfg.steps is not None:
-        section["steps"] = int(cfg.steps)
-    out = Path(hydra.utils.to_absolute_path(str(cfg.out)))
-    train, evaluate = trainers[cfg.model]
-    path = train(section, out_dir=out, progress=bool(cfg.progress))
+    with user_errors():
+        check_choice(cfg.model, "model", sorted(trainers))
+        check_int(cfg.threads, "threads", minimum=1)
+        check_int(cfg.steps, "steps", minimum=1, allow_none=True)
+        out = check_writable_dir(Path(hydra.utils.to_absolute_path(str(cfg.out))), "out")
+        torch.set_num_threads(int(cfg.threads))
+        section = OmegaConf.to_container(cfg[cfg.model], resolve=True)  # its seed is ${seed}
+        if cfg.steps is not None:
+            section["steps"] = int(cfg.steps)
+        train, evaluate = trainers[cfg.model]
+        path = train(section, out_dir=out, progress=bool(cfg.progress))
     print(f"weights: {path}")
     if cfg.evaluate:
         options = OmegaConf.to_container(cfg.eval[cfg.model], resolve=True)

@@ -17,7 +17,6 @@ datasets can reference the images of another dataset (or any folder) instead of 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import EmptyMaskError, GeometryError, ReferDataError, UnknownDatasetError
 from .io import atomic_write_json, atomic_write_pickle
 from .masks import decode_segmentation, rasterize_polygons_pil, refer_segmentation, segmentation_problem
+from .safe_load import UnreadableFileError, UnsafeFileError, load_plain_pickle
 
 # Order in which evaluation splits are listed (anything else sorts after these, alphabetically).
 _SPLIT_ORDER = ["train", "val", "testA", "testB", "test", "unseen"]
@@ -87,15 +87,11 @@ def make_sentence(sent_id: int, text: str) -> dict:
 
 
 def _load_pickle(path: Path) -> Any:
+    """Refs pickles are plain data: read without running code (a payload is refused, naming the file)."""
     try:
-        with open(path, "rb") as handle:
-            try:
-                return pickle.load(handle)
-            except UnicodeDecodeError:  # refs pickled by Python 2 with non-ASCII bytes
-                handle.seek(0)
-                return pickle.load(handle, encoding="latin1")
-    except (EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError, IndexError) as exc:
-        raise ReferDataError(f"refs file {path} is truncated or not a REFER pickle ({type(exc).__name__}: {exc})") from exc
+        return load_plain_pickle(path, what="refs file")
+    except (UnsafeFileError, UnreadableFileError) as exc:
+        raise ReferDataError(str(exc)) from None
 
 
 def _load_json(path: Path) -> Any:
@@ -198,6 +194,9 @@ class ReferDataset:
         self.anns: dict[int, dict] = {int(ann["id"]): ann for ann in annotations}
         self.categories: dict[int, dict] = {int(c["id"]): c for c in categories}
         for index, ref in enumerate(refs):
+            if not isinstance(ref, dict):
+                raise ReferDataError(f"refs file {self.refs_path}: ref #{index} is a {type(ref).__name__} "
+                                     f"({ref!r:.40}), expected a dict with keys {list(REF_KEYS)}")
             missing = [k for k in REF_KEYS if k not in ref]
             if missing:
                 raise ReferDataError(f"ref #{index} in {self.refs_path} lacks keys {missing}")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..data.errors import PseudoRISError
 from ..data.io import append_jsonl, atomic_write_bytes, atomic_write_json
+from ..data.safe_load import load_torch_file
 
 STATE_NAME = "train_state.pt"
 LOG_NAME = "train_log.jsonl"
@@ -47,7 +48,7 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe_hash: str) -> int:
     """Restore model and optimiser from ``path``; returns the number of steps already done."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, what="training state")  # tensors and plain data only: loading runs no code
     if state.get("recipe_hash") != recipe_hash:
         raise ResumeMismatchError(
             f"{path} was written by recipe {state.get('recipe_hash')}, not {recipe_hash}; "

@@ -32,6 +32,7 @@ from pseudo_ris.generation.store import CandidateStore, StoreIndex, check_meta
 from pseudo_ris.generation.writer import filter_store
 from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 from pseudo_ris.data.plain import to_plain as _plain
+from pseudo_ris.validation import check_generate_options
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +327,9 @@ def default_out_dir(cfg: Mapping[str, Any]) -> str:
 def run(cfg: Any, on_image: Any = None) -> dict[str, Any]:
     """Run ``cfg['stage']`` (``all`` | ``generate`` | ``filter``); returns the summary dict."""
     cfg = _plain(cfg)
+    check_generate_options(cfg)  # every option that needs no images or models, before anything is written
     torch.set_num_threads(int(cfg.get("threads", 1)))
     stage = cfg.get("stage", "all")
-    if stage not in ("all", "generate", "filter"):
-        raise GenerateConfigError(f"unknown stage {stage!r}; choose all, generate or filter")
     if stage in ("all", "generate"):
         check_pretrained_tags(cfg)  # before any image is read or SynthRef is built
     if cfg.get("out_dir") in (None, "", "auto"):
@@ -378,7 +378,7 @@ def _run_locked(cfg: dict[str, Any], stage: str, on_image: Any) -> dict[str, Any
 
 def format_summary(summary: Mapping[str, Any]) -> str:
     keys = ["out_dir", "images", "images_ok", "images_no_masks", "images_unreadable", "masks", "masks_kept", "candidates",
-            "kept", "mean_doc", "median_doc", "mean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
+            "kept", "median_doc", "geomean_doc", "geomean_doc_kept", "refs", "sentences", "run_processed", "run_skipped_done",
             "run_seconds", "images_per_second", "dataset", "report", "complete"]
     lines = [f"  {k}: {summary[k]}" for k in keys if k in summary]
     for u in summary.get("unreadable", []):

@@ -1,7 +1,7 @@
 """Filter stored candidates and write the pseudo-label dataset in the REFER layout.
 
-Runs on the stored candidates only (no model), streaming one image at a time: re-filtering with another threshold, policy or score transform is
-``filter_store(...)`` again. One ref per mask that keeps at least one caption; its sentences are the mask's kept
+Runs on the stored candidates only (no model), streaming one image at a time: re-filtering with another threshold,
+policy or score transform is ``filter_store(...)`` again. One ref per mask that keeps at least one caption; its sentences are the mask's kept
 captions (distinct texts, best DoC first); the annotation carries the mask RLE; images are referenced through
 ``image_dir`` (recorded in dataset_info.json), not copied; every ref is in split ``train`` (``split_by="pseudo"``).
 """
@@ -93,7 +93,10 @@ class FilterAccumulator:
         self.unreadable: list[dict] = []
         self.n_images = self.masks = self.masks_with_candidates = self.masks_kept = 0
         self.candidates = self.kept = 0
-        self.doc_sum = self.doc_kept_sum = 0.0
+        # DoC is a ratio with a heavy right tail (under the exp transform a score gap of 10 is a ratio of 22,026), so
+        # its arithmetic mean is set by a few huge ratios; the summary reports the median and the geometric mean
+        # (exp of the mean log DoC over positive values), which describe the typical candidate
+        self.log_doc_sum = self.log_doc_kept_sum = 0.0
         self.doc_n = self.doc_kept_n = 0
         self.doc_median = MedianSketch()
         self.breakdown: dict[str, dict[str, Any]] = {}
@@ -124,11 +127,12 @@ class FilterAccumulator:
             self.kept += r["kept"]
             finite = _finite(r["doc"])
             if finite:
-                self.doc_sum += r["doc"]
-                self.doc_n += 1
                 self.doc_median.add(r["doc"])
+            if finite and r["doc"] > 0:
+                self.log_doc_sum += math.log(r["doc"])
+                self.doc_n += 1
                 if r["kept"]:
-                    self.doc_kept_sum += r["doc"]
+                    self.log_doc_kept_sum += math.log(r["doc"])
                     self.doc_kept_n += 1
             # which decoding settings / views survive the filter (distinctive vs plain)
             for name in (f"setting {r['setting']}", f"view {r['view_name']}"):
@@ -150,10 +154,11 @@ class FilterAccumulator:
         return {
             "images": self.n_images, "images_ok": self.status.get("ok", 0),
             "images_no_masks": self.status.get("no_masks", 0), "images_unreadable": self.status.get("unreadable", 0),
-            "unreadable": list(self.unreadable), "masks": self.masks, "masks_with_candidates": self.masks_with_candidates,
+            "unreadable": list(self.unreadable), "masks": self.masks,
+            "masks_with_candidates": self.masks_with_candidates,
             "masks_kept": self.masks_kept, "candidates": self.candidates, "kept": self.kept,
-            "mean_doc": self.doc_sum / self.doc_n if self.doc_n else None,
-            "mean_doc_kept": self.doc_kept_sum / self.doc_kept_n if self.doc_kept_n else None,
+            "geomean_doc": math.exp(self.log_doc_sum / self.doc_n) if self.doc_n else None,
+            "geomean_doc_kept": math.exp(self.log_doc_kept_sum / self.doc_kept_n) if self.doc_kept_n else None,
             "median_doc": float(median) if median is not None else None,
             "mask_decisions": dict(self.reasons), "policy": asdict(self.policy), "by_setting_view": breakdown,
         }

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ris_models.lavt.pwam import PWAM, LanguageGate
+from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.data.safe_load import load_torch_file
 from ris_models.lavt.swin import PatchEmbed, SwinStage, init_swin_weights, original_swin_key
 from ris_models.registry import ModelConfigError
 
@@ -80,9 +82,9 @@ def _load_swin_weights(encoder: LanguageAwareSwin, path: str) -> None:
             f"swin_base_patch4_window12_384_22k.pth; give its local path or swin_pretrained=None)"
         )
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ModelConfigError(f"cannot read Swin checkpoint {file}: {type(err).__name__}") from err
+        state = load_torch_file(file, what="Swin checkpoint")
+    except PseudoRISError as exc:
+        raise ModelConfigError(str(exc)) from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -11,7 +11,7 @@ from pseudo_ris.data.io import atomic_write_text
 from pseudo_ris.data.plain import to_plain as _plain
 from ris_models.reproduction.execute import RunRecord, execute
 from ris_models.reproduction.figures import FIGURE_CAPTIONS, make_plots
-from ris_models.reproduction.plan import STORES, Plan, planned_runs
+from ris_models.reproduction.plan import STORES, Plan, ReproduceConfigError, planned_runs, results_page_path
 from ris_models.reproduction.statistics import claims_section, results_table
 
 def quality_section(plan: Plan) -> str:
@@ -109,7 +109,11 @@ def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py"
 
     from ris_models.prepare import synthref_root
 
-    cfg = _plain(cfg)
+    from ris_models.validation import check_reproduce_config
+
+    cfg = dict(_plain(cfg))
+    cfg["results_md"] = str(results_page_path(cfg))
+    check_reproduce_config(cfg)  # before SynthRef is built or any run starts
     torch.set_num_threads(int(cfg.get("threads", 1)))
     start = time.perf_counter()
     data_root = (Path(str(cfg["data_root"])).expanduser() if cfg.get("data_root")
@@ -117,6 +121,10 @@ def reproduce(cfg: Mapping[str, Any], command: str = "python tools/reproduce.py"
     plan = Plan.from_cfg(cfg, data_root)
     progress(f"reproduction profile={plan.profile}: {len(planned_runs(plan))} runs, output {plan.out_dir}")
     records = execute(plan, progress, report_only=bool(cfg.get("report_only", False)))
+    if cfg.get("report_only") and not any(r.result is not None for r in records):
+        raise ReproduceConfigError(f"report_only=true: no finished run under {plan.out_dir}; {plan.results_md} "
+                                   "was not written (run without report_only first, or point out_dir at a "
+                                   "reproduction's output)")
     page = write_results_page(plan, records, command, time.perf_counter() - start)
     progress(f"wrote {page}")
     return page

@@ -21,6 +21,21 @@ class ReproduceConfigError(PseudoRISError):
     """An invalid reproduction option (unknown row, profile, model)."""
 
 
+DEFAULT_OUT_DIR = "outputs/reproduce"
+DEFAULT_RESULTS_MD = "docs/results.md"
+
+
+def results_page_path(cfg: Mapping[str, Any]) -> Path:
+    """``results_md``, or by default: the repository's docs/results.md for the default ``out_dir`` (the command in
+    the README), else ``<out_dir>/results.md``, so that another reproduction never overwrites the tracked page."""
+    if cfg.get("results_md"):
+        return Path(str(cfg["results_md"])).expanduser()
+    out_dir = str(cfg.get("out_dir") or DEFAULT_OUT_DIR)
+    if Path(out_dir).expanduser() == Path(DEFAULT_OUT_DIR):
+        return Path(DEFAULT_RESULTS_MD)
+    return Path(out_dir).expanduser() / "results.md"
+
+
 @dataclass(frozen=True)
 class Row:
     label: str
