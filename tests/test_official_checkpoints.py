@@ -153,7 +153,7 @@ def _to_official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 @pytest.fixture
 def official_tiny(tmp_path):
-    torch.manual_seed(0)
+    torch.manual_seed(7)  # not the training seed (0): a run that ignored the imported weights would differ
     source = build_model("cris_tiny", load_pretrained=False).eval()
     path = tmp_path / "best_model.pth"
     torch.save({"epoch": 50, "cur_iou": 0.5, "best_iou": 0.5, "prec": {"Pr@50": 0.5},
