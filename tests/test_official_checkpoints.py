@@ -265,7 +265,7 @@ def test_openai_clip_torchscript_archive_initialises_the_backbone(tmp_path):
 
 
 @pytest.mark.parametrize("dataset,extra,expected", [("refcoco", [], 17), ("refcoco+", [], 17), ("refcocog", [], 22),
-                                                    ("refcocog_google", [], 22), ("refcocog", ["model.word_len=20"], 20)])
+                                                    ("refcocog_google", [], 22), ("refcocog", ["+model.word_len=20"], 20)])
 def test_cris_text_length_follows_the_dataset(dataset, extra, expected, meta_build):
     """CRIS.pytorch's configs: word_len 17 on RefCOCO/RefCOCO+, 22 on RefCOCOg (both partitions)."""
     from ris_models.training import build_ris_model
