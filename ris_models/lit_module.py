@@ -1,7 +1,9 @@
 """LightningModule that trains and evaluates any ``RISModel`` (CRIS- or LAVT-style).
 
-* Optimiser: AdamW over ``model.param_groups(lr)`` (pretrained encoders at a reduced rate), poly schedule
-  ``lr_t = lr * (1 - t / T) ** 0.9`` stepped every optimiser step, as CRIS and LAVT do.
+* Optimiser: Adam or AdamW over ``model.param_groups(lr)`` (the network's own groups: pretrained encoders at
+  ``lr x backbone_lr_mult``, ...) with a poly schedule ``lr_t = lr * (1 - t / T) ** power`` stepped every optimiser
+  step (LAVT's) or a multistep one stepped per epoch (CRIS's); the recipe (``conf/recipe/``) picks, see
+  ``ris_models.optimization``. The groups and the schedule are printed when training starts.
 * Validation: one ``RISMetrics`` per validation split, logged as ``<split>/mIoU``, ``<split>/oIoU`` (and P@X);
   ``val/oIoU`` selects checkpoints. Test: ``test/<split>/<metric>``, results kept in ``test_results``.
 * Predictions and scoring follow the evaluation protocol (``eval_protocol``, the ``eval`` config group, see
@@ -25,6 +27,8 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.safe_load import UnreadableFileError, UnsafeFileError, load_torch_file
 from ris_models.eval_transforms import logits_to_masks
 from ris_models.metrics import RISMetrics, metrics_to_floats
+from ris_models.optimization import build_optimizer, build_scheduler, describe, spec_from
+from ris_models.optimization import poly_lambda  # noqa: F401  (kept importable from here)
 from ris_models.protocol import EvalProtocol, legacy_protocol, protocol_from_config
 from ris_models.registry import RISModel, build_model, complete_saved_config
 
@@ -36,28 +40,23 @@ class CheckpointError(PseudoRISError):
     """A checkpoint that is not ours, is corrupt, or belongs to another model."""
 
 
-def poly_lambda(total_steps: int, power: float = 0.9):
-    """LR multiplier of the poly schedule: ``(1 - step / total) ** power`` (never negative)."""
-    total = max(1, int(total_steps))
-
-    def fn(step: int) -> float:
-        return max(0.0, 1.0 - min(step, total) / total) ** power
-
-    return fn
-
-
 class RISLitModule(L.LightningModule):
     """Train/validate/test wrapper; see the module docstring."""
 
     def __init__(self, model: RISModel, lr: float = 1e-4, weight_decay: float = 0.01, poly_power: float = 0.9,
                  eval_protocol: Mapping[str, Any] | EvalProtocol | None = None,
-                 val_splits: Sequence[str] = ("val",), num_overlays: int = 0, data_info: dict | None = None) -> None:
+                 val_splits: Sequence[str] = ("val",), num_overlays: int = 0, data_info: dict | None = None,
+                 optimizer: str = "adamw", lr_schedule: str = "poly", lr_milestones: Sequence[int] = (),
+                 lr_gamma: float = 0.1) -> None:
         super().__init__()
         self.eval_protocol = protocol_from_config(eval_protocol)  # as configured (None settings: see .protocol)
         eval_protocol = self.eval_protocol.as_dict()  # hyper-parameters hold plain data only
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.lr, self.weight_decay, self.poly_power = float(lr), float(weight_decay), float(poly_power)
+        self.optim_spec = spec_from({"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                                     "lr_schedule": lr_schedule, "poly_power": poly_power,
+                                     "lr_milestones": list(lr_milestones), "lr_gamma": lr_gamma})
         self.val_splits = list(val_splits)
         self.val_metrics = torch.nn.ModuleList([self._new_metric() for _ in self.val_splits])
         self.num_overlays = int(num_overlays)
@@ -146,10 +145,12 @@ class RISLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.model.param_groups(self.lr), lr=self.lr, weight_decay=self.weight_decay)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lambda(int(total), self.poly_power))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(self.model.param_groups(self.lr), self.optim_spec)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        scheduler = build_scheduler(optimizer, self.optim_spec, total)
+        if self._trainer is not None and self.trainer.is_global_zero:
+            print(describe(optimizer, self.optim_spec, total))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # -------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

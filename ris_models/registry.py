@@ -99,7 +99,9 @@ class RISModel(nn.Module):
 
 
 # ---- presets ----------------------------------------------------------------------------------------------------
-# Values checked against the CRIS (CVPR 2022) and LAVT (CVPR 2022) papers and their public configs.
+# The one place the presets' numbers live (conf/model/*.yaml only name a preset and its user-facing options).
+# Values checked against the official code: CRIS.pytorch e596332 config/refcoco/cris_r50.yaml, cris_r101.yaml, and
+# LAVT-RIS 1da0af9 args.py / lib/backbone.py. Training numbers (learning rates, epochs...) are recipes (conf/recipe).
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,7 +111,7 @@ _CRIS_COMMON: dict[str, Any] = dict(
     model_type="cris",
     pretrained=None,
     clip_overrides=None,
-    word_len=17,  # CRIS: 17 for RefCOCO/RefCOCO+, 22 for RefCOCOg
+    word_len=17,  # CRIS: 17 for RefCOCO/RefCOCO+, 22 for RefCOCOg; training uses dataset.word_len
     fpn_in=(512, 1024, 1024),
     fpn_out=(256, 512, 1024),
     vis_dim=512,
@@ -149,6 +151,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "dim_ffn": 128,
         "dropout": 0.0,
         "input_size": 128,
+        "backbone_lr_mult": 1.0,  # random-init encoders train at the full rate
     },
     "lavt_swin_b": dict(
         model_type="lavt",
@@ -197,7 +200,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         image_std=_IMAGENET_STD,
         threshold=0.5,
         class_weights=(0.9, 1.1),
-        backbone_lr_mult=1.0,
+        backbone_lr_mult=1.0,  # random-init encoders train at the full rate
         bert_dropout=False,
         keep_sep=False,
     ),

@@ -28,6 +28,7 @@ from ris_models.datamodule import MODES, DataConfigError, RISDataModule, check_r
 from ris_models.evaluation import dataset_label, evaluate_splits
 from ris_models.finetune import load_initial_weights, read_init_checkpoint, split_resume_and_init
 from ris_models.lit_module import RISLitModule
+from ris_models.optimization import accumulation, spec_from
 from ris_models.prepare import ResolvedData, resolve_data
 from ris_models.protocol import protocol_from_config
 from ris_models.registry import MODEL_REGISTRY, RISModel, build_model, check_weight_sources
@@ -69,6 +70,15 @@ def check_data_options(cfg: Mapping[str, Any], data: ResolvedData) -> None:
     check_ratio(cfg.get("ratio", 1.0))
     if mode in ("pseudo", "mixed"):
         open_pseudo_dataset(data.pseudo_root, cfg["data"].get("pseudo_name", "pseudo"))
+
+
+def check_recipe(cfg: Mapping[str, Any]) -> None:
+    """The recipe's optimiser / schedule options, and its total batch size where the device count is known."""
+    spec_from(dict(cfg))
+    trainer = cfg.get("trainer") or {}
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if cfg.get("total_batch_size") and isinstance(devices, int) and devices > 0:
+        accumulation(cfg["batch_size"], devices * int(nodes), cfg["total_batch_size"])
 
 
 def build_datamodule(cfg: Mapping[str, Any], model: RISModel, data: ResolvedData) -> RISDataModule:
@@ -148,6 +158,9 @@ def build_trainer(cfg: Mapping[str, Any], output_dir: Path, logger: Any = False,
                         max_epochs=int(cfg.get("epochs", 1)), max_steps=int(_get(cfg, "max_steps", -1)),
                         enable_checkpointing=checkpoint is not None, plugins=[AtomicCheckpointIO()],
                         use_distributed_sampler=False, **trainer_kwargs)
+    if cfg.get("total_batch_size"):  # the recipe's total batch: per-device batch x devices x accumulation
+        trainer.accumulate_grad_batches = accumulation(cfg["batch_size"], trainer.world_size,
+                                                       cfg["total_batch_size"], trainer.accumulate_grad_batches)
     return trainer, checkpoint
 
 
@@ -180,6 +193,7 @@ def _train_locked(cfg: Mapping[str, Any], output_dir: Path, extra_callbacks: lis
     ckpt_path, init_from = split_resume_and_init(plan.ckpt, None if plan.ckpt else cfg.get("init_from"))
     init_ckpt = read_init_checkpoint(init_from, str(cfg["model"]["name"])) if init_from and not plan.finished \
         else None
+    check_recipe(cfg)  # an unknown optimiser or an impossible total batch fails before any slow stage
     data = resolve_data(cfg, generate_cfg)
     # seed after data preparation: whether pseudo labels were generated now or reused from the cache must not
     # change the model's initialisation
@@ -190,6 +204,8 @@ def _train_locked(cfg: Mapping[str, Any], output_dir: Path, extra_callbacks: lis
     dm = build_datamodule(cfg, model, data)
     lit = RISLitModule(model, lr=cfg["lr"], weight_decay=cfg["weight_decay"], poly_power=cfg.get("poly_power", 0.9),
                        eval_protocol=protocol_from_config(cfg.get("eval")).as_dict(),
+                       optimizer=cfg.get("optimizer", "adamw"), lr_schedule=cfg.get("lr_schedule", "poly"),
+                       lr_milestones=list(cfg.get("lr_milestones") or []), lr_gamma=cfg.get("lr_gamma", 0.1),
                        val_splits=dm.val_splits, num_overlays=cfg.get("num_overlays", 4),
                        data_info={"dataset": dm.dataset_name, "split_by": dm.human_dataset.split_by,
                                   "data_root": str(data.data_root), "mode": dm.mode, "ratio": dm.ratio,

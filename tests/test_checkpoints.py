@@ -9,11 +9,12 @@ import lightning as L
 import pytest
 import torch
 
+from pseudo_ris.data.errors import PseudoRISError
 from ris_models import checkpoint_io
 from ris_models.checkpoint_io import (CheckpointReadError, CheckpointWriteError, atomic_torch_save,
                                       load_checkpoint_file, previous_path)
 from ris_models.training import train
-from test_train import _train_cfg
+from test_train import _StopAt, _train_cfg
 
 
 def _failing_save(written: bytes, err: int, message: str):
@@ -53,20 +54,11 @@ def test_unwritable_checkpoint_stops_training_at_the_first_save(tiny_ris_data, t
     assert not list((run / "checkpoints").glob("*.ckpt")) and not list((run / "checkpoints").glob(".*.tmp"))
 
 
-class _CrashAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def test_truncated_last_ckpt_falls_back_to_the_previous_one_or_is_named(tiny_ris_data, tmp_path, capsys):
     run = tmp_path / "run"
     args = ("checkpoint_every_n_steps=2", "limit_eval=2", "evaluate_after=false")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(_train_cfg(tiny_ris_data, run, *args), extra_callbacks=[_CrashAt(7)])
+        train(_train_cfg(tiny_ris_data, run, *args), extra_callbacks=[_StopAt(7)])
     last = run / "checkpoints" / "last.ckpt"
     prev = previous_path(last)
     assert torch.load(last, weights_only=True)["global_step"] == 6
@@ -87,7 +79,7 @@ def test_truncated_last_ckpt_falls_back_to_the_previous_one_or_is_named(tiny_ris
 
 
 def test_missing_or_foreign_ckpt_path_is_an_error_before_training(tiny_ris_data, tmp_path):
-    with pytest.raises(CheckpointReadError, match="not found"):
+    with pytest.raises(PseudoRISError, match="none.ckpt not found"):
         train(_train_cfg(tiny_ris_data, tmp_path / "a", f"ckpt_path={tmp_path / 'none.ckpt'}"))
     marker = tmp_path / "ran"
     payload = tmp_path / "payload.ckpt"
@@ -97,7 +89,7 @@ def test_missing_or_foreign_ckpt_path_is_an_error_before_training(tiny_ris_data,
             return (Path.touch, (marker,))
 
     torch.save({"state_dict": {}, "x": Payload()}, payload)
-    with pytest.raises(CheckpointReadError, match="cannot read checkpoint"):
+    with pytest.raises(PseudoRISError, match=r"payload.ckpt (refused|\(truncated or not)"):
         train(_train_cfg(tiny_ris_data, tmp_path / "b", f"ckpt_path={payload}"))
     assert not marker.exists()  # loaded weights-only: the payload never ran
 

@@ -153,7 +153,7 @@ def _to_official_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 @pytest.fixture
 def official_tiny(tmp_path):
-    torch.manual_seed(0)
+    torch.manual_seed(7)  # not the training seed (0): a run that ignored the imported weights would differ
     source = build_model("cris_tiny", load_pretrained=False).eval()
     path = tmp_path / "best_model.pth"
     torch.save({"epoch": 50, "cur_iou": 0.5, "best_iou": 0.5, "prec": {"Pr@50": 0.5},
@@ -265,7 +265,7 @@ def test_openai_clip_torchscript_archive_initialises_the_backbone(tmp_path):
 
 
 @pytest.mark.parametrize("dataset,extra,expected", [("refcoco", [], 17), ("refcoco+", [], 17), ("refcocog", [], 22),
-                                                    ("refcocog_google", [], 22), ("refcocog", ["model.word_len=20"], 20)])
+                                                    ("refcocog_google", [], 22), ("refcocog", ["+model.word_len=20"], 20)])
 def test_cris_text_length_follows_the_dataset(dataset, extra, expected, meta_build):
     """CRIS.pytorch's configs: word_len 17 on RefCOCO/RefCOCO+, 22 on RefCOCOg (both partitions)."""
     from ris_models.training import build_ris_model

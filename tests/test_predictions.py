@@ -73,6 +73,8 @@ def test_perfect_predictions_score_100(synthref, tmp_path):
     assert written["protocol"]["name"] == "project" and written["splits"]["val"]["mIoU"] == 1.0
     # LAVT's protocol scores at its input size: both masks stretched with NEAREST -> still perfect
     assert _run(synthref, folder, "eval=lavt", "eval.input_size=64")["mIoU"] == 1.0
+    with pytest.raises(PredictionsError, match="eval.input_size"):  # no model to take the input size from
+        _run(synthref, folder, "eval=lavt")
     assert (folder / "metrics_synthref_lavt.json").is_file()
 
 

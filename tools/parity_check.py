@@ -31,9 +31,13 @@ def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = N
     return lines
 
 
-def check_cris(root: str, preset: str) -> list[str]:
-    """CRIS.pytorch vs ``preset`` (cris_r50 / cris_r101); lines to print."""
-    raise PseudoRISError("the CRIS parity check is not available in this version")
+def check_cris(root: str, preset: str, dtype: str = "float32", random_norms: bool = False) -> list[str]:
+    """CRIS.pytorch vs ``preset`` (cris_r50 / cris_r101) at 416 px, 17 tokens; lines to print."""
+    import torch
+
+    from ris_models.official.cris_reference import check_cris as run
+
+    return run(root, preset, dtype=getattr(torch, dtype), randomise_norms=random_norms)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="parity_check")
@@ -49,7 +53,8 @@ def main(cfg: DictConfig) -> None:
                 print(line)
         if cfg.cris_root is not None:
             for preset in ("cris_r50", "cris_r101"):
-                for line in check_cris(to_absolute_path(str(cfg.cris_root)), preset):
+                for line in check_cris(to_absolute_path(str(cfg.cris_root)), preset, str(cfg.cris_dtype),
+                                       bool(cfg.cris_random_norms)):
                     print(line)
     except PseudoRISError as exc:
         print(f"error: {exc}", file=sys.stderr)

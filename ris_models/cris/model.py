@@ -104,4 +104,8 @@ class CRISModel(RISModel):
         return prob[:, 0].clamp(0.0, 1.0)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
+        """CLIP's weights except its positional embeddings, which CRIS trains at the full rate (CRIS.pytorch
+        model/__init__.py build_segmenter: backbone parameters whose name holds 'positional_embedding' go to the
+        head group)."""
+        named = list(self.image_encoder.named_parameters()) + list(self.text_encoder.named_parameters())
+        return [p for name, p in named if "positional_embedding" not in name]
