@@ -115,4 +115,4 @@ def test_command_line_trains_and_reports(tmp_path):
     assert "zeroshot_shape_acc" in json.loads((tmp_path / "cli" / "quality.json").read_text())["summary"]
     bad = subprocess.run(cmd[:2] + ["model=clipz", f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True,
                          text=True, timeout=120)
-    assert bad.returncode == 2 and "model must be one of" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "clipz" in bad.stderr and "is not one of" in bad.stderr and "Traceback" not in bad.stderr

@@ -36,7 +36,8 @@ def folder(tmp_path) -> Path:
 def test_missing_coca_file_is_named_and_failed_start_leaves_no_meta(folder, tmp_path):
     out = tmp_path / "gen"
     missing = tmp_path / "weights" / "coca.pt"
-    with pytest.raises(runner.GenerateConfigError, match=f"CoCa weights file not found: {missing}"):
+    # checked before any work: the message names the option and the file
+    with pytest.raises(runner.PseudoRISError, match=f"generator.captioner.pretrained={missing}: file not found"):
         runner.run(_cfg("source=folder", f"image_dir={folder}", f"out_dir={out}",
                         "generator/captioner=synthref_shipped", f"generator.captioner.pretrained={missing}"))
     assert not (out / "meta.json").exists()

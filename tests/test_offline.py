@@ -163,7 +163,8 @@ def test_bert_hub_name_found_in_hugging_face_cache(offline, tmp_path):
 def test_generate_checks_tags_before_any_work(offline, tmp_path):
     from pseudo_ris.generation import runner
 
-    cfg = {"stage": "all", "source": "folder", "image_dir": str(tmp_path / "no_such_folder"),
+    (tmp_path / "images").mkdir()  # exists but holds nothing: the tag check must come before any image work
+    cfg = {"stage": "all", "source": "folder", "image_dir": str(tmp_path / "images"),
            "generator": {"captioner": {"name": "coca_ViT-L-14", "pretrained": "mscoco_finetuned_laion2b_s13b_b90k"},
                          "scorer": {"kind": "captioner"}}}
     with pytest.raises(WeightsUnavailableError, match=r"generator\.captioner\.pretrained="):

@@ -25,10 +25,11 @@ README = ROOT / "README.md"
 
 #: tool -> Hydra config name (tools composed by Hydra); the others take key=value options of a YAML file or argparse
 HYDRA_CONFIGS = {"train.py": "train", "generate.py": "generate", "evaluate.py": "evaluate",
-                 "make_synthref.py": "synthref", "pseudo_quality.py": "pseudo_quality"}
+                 "make_synthref.py": "synthref", "pseudo_quality.py": "pseudo_quality",
+                 "import_checkpoint.py": "import_checkpoint"}
 DOTLIST_CONFIGS = {"reproduce.py": "reproduce.yaml", "train_foundation.py": "foundation.yaml",
                    "doctor.py": "doctor.yaml", "export_refer.py": "export_refer.yaml",
-                   "import_checkpoint.py": "import_checkpoint.yaml", "import_pseudo.py": "import_pseudo.yaml"}
+                   "import_pseudo.py": "import_pseudo.yaml"}
 #: README commands that a tool refuses on purpose on one machine, with the start of the message that says why
 REFUSED_ALONE = {"trainer.num_nodes=2": "trainer.num_nodes=2 needs a launcher"}
 
