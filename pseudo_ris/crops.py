@@ -1,4 +1,4 @@
-"""The four per-mask views fed to the captioner and the scorer (DESIGN 1.2; arXiv 2407.07412, Sec. 4.1).
+"""The four per-mask views fed to the captioner and the scorer (arXiv 2407.07412, Sec. 4.1).
 
 View 0: masked crop -- pixels outside the mask set to the mean colour, cropped to the mask's box.
 Views 1-3: plain crops of the mask's box enlarged about its centre by margins 1.0 / 1.1 / 1.2, clipped to the image.

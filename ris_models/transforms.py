@@ -8,7 +8,7 @@ Two resize modes:
 * ``stretch`` (as LAVT): plain resize of both sides to ``size``.
 
 ``ResizeMeta`` records the mapping so a prediction at input resolution is cut out of the padding and resized back
-to the original image size; evaluation scores there by default (CRIS protocol, DESIGN 5).
+to the original image size; evaluation scores there by default (CRIS protocol).
 
 Horizontal flips mirror "left" and "right", so a flipped image is only correct if the words are swapped too:
 ``swap_left_right`` does that and the datamodule applies both together (off by default).

@@ -1,10 +1,10 @@
 """Zero-shot referring segmentation: rank an image's candidate masks by a CLIP scorer's similarity with the
-expression and return the best one. No training (the reproduction table's lower bound, issue 4).
+expression and return the best one. No training (the reproduction table's lower bound).
 
 The masks come from the pseudo-label generator's mask source (`pseudo_ris.masks`: SAM, or GT instances for an
 upper bound on ranking alone) and the scores from its CLIP scorer (`pseudo_ris.filtering.ClipScorer`), on the same
 crops the generator uses (`pseudo_ris.crops.make_views`): the masked crop and the margin-1.2 context crop, as in DoC's
-M and C (DESIGN 1.5). A mask's score is the sum of the selected views' logits with the expression. An image without
+M and C. A mask's score is the sum of the selected views' logits with the expression. An image without
 masks predicts an empty mask. Scored with `ris_models.metrics.RISMetrics` at the original resolution, every sentence
 of every ref.
 """

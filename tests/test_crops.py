@@ -1,4 +1,4 @@
-"""Geometry of the four crop views (DESIGN 1.2) on constructed images, checked pixel by pixel at native size."""
+"""Geometry of the four crop views on constructed images, checked pixel by pixel at native size."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,7 @@
 """Benchmark: cached, batched distinctive sampling vs the uncached (official-style) reference path.
 
 Same randomly initialised CoCa (float32, this device), one view of one image with N masks, the 10 distinctive
-sampling settings of DESIGN 1.3 (top-k 5..13, top-p 0.4..0.8), captions forced to the full length 30
+sampling settings of the paper (top-k 5..13, top-p 0.4..0.8), captions forced to the full length 30
 (min_len = max_len = 30, so every row runs all 28 decoder steps; the 29th token is the forced EOS).
 
 * cached: the real API, ``generate_candidates`` (chunks, caches, projection identity), timed end to end.

@@ -1,6 +1,6 @@
 """Caption candidates for all masks of one image: beam search + (distinctive) top-k / top-p samples per view.
 
-DESIGN 1.3: per view, 1 beam-search caption and 10 distinctive samples (top-k in {5,7,9,11,13}, top-p in
+per view, 1 beam-search caption and 10 distinctive samples (top-k in {5,7,9,11,13}, top-p in
 {0.4,...,0.8}), length 5-30. Distinctive sampling (arXiv 2407.07412 Sec. 3) decodes all masks of the image
 together one view at a time: the contrast set of mask i's row is the other masks' crops of the *same* view,
 weighted by the dot product of the L2-normalised CoCa image latents of the two crops.
@@ -58,7 +58,7 @@ class Candidate:
 
 
 def default_settings(num_beams: int = 6) -> list[DecodeSetting]:
-    """DESIGN 1.3: one beam-search caption + 5 distinctive top-k + 5 distinctive top-p samples."""
+    """one beam-search caption + 5 distinctive top-k + 5 distinctive top-p samples."""
     return ([DecodeSetting("beam", num_beams)]
             + [DecodeSetting("topk", k, True) for k in (5, 7, 9, 11, 13)]
             + [DecodeSetting("topp", p, True) for p in (0.4, 0.5, 0.6, 0.7, 0.8)])

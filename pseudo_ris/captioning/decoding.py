@@ -1,6 +1,6 @@
 """Caption decoding: the distinctive one-step rule (pure) and samplers over a logit stepper.
 
-Distinctive caption sampling, arXiv 2407.07412 Sec. 3 (DESIGN 1.4). For mask i at a step with prefix y_<t:
+Distinctive caption sampling, arXiv 2407.07412 Sec. 3. For mask i at a step with prefix y_<t:
   1. z_i = decoder logits of (image_i, y_<t); EOS is impossible while the prefix (start token included) is
      shorter than ``min_len`` tokens;
   2. candidate set S_i = top-k of z_i, or top-p: sort softmax(z_i) ascending, drop tokens whose cumulative
@@ -70,7 +70,7 @@ def _as_row_tensor(value, n: int, dtype, device) -> torch.Tensor | None:
 class LazyContrast:
     """z_dep = hidden @ weight, evaluated only where the rule needs it.
 
-    By linearity of CoCa's bias-free vocabulary projection, mean_j s_ij z_j = (mean_j s_ij h_j) W (DESIGN 4);
+    By linearity of CoCa's bias-free vocabulary projection, mean_j s_ij z_j = (mean_j s_ij h_j) W;
     and only the candidate columns S_i of z_dep matter, so with small candidate sets (top-k, trained models'
     top-p) the second projection shrinks to a few columns."""
 
@@ -186,7 +186,7 @@ def distinctive_next_token_probs(
     min_len: int = 5,
     max_len: int = 30,
 ) -> torch.Tensor:
-    """The paper's next-token distribution for one row (arXiv 2407.07412 Sec. 3; DESIGN 1.4).
+    """The paper's next-token distribution for one row (arXiv 2407.07412 Sec. 3).
 
     ``target_logits`` [V] = z_i, ``other_logits`` [N-1,V] = z_j of the other masks' crops under the same prefix,
     ``similarity`` [N-1] = s_ij. ``prefix_len`` counts the tokens already in the sequence, start token

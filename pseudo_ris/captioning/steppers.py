@@ -13,7 +13,7 @@ decoder runs once per pair and step. Both steppers return, per step,
   * the multimodal decoder's self-attention K/V per pair,
   * each image's cross-attention K/V, computed once,
 and uses the linearity of the bias-free vocabulary projection after the final LayerNorm:
-``mean_j s_j (h_j W) = (mean_j s_j h_j) W`` -- two projections per row instead of one per pair (DESIGN 4).
+``mean_j s_j (h_j W) = (mean_j s_j h_j) W`` -- two projections per row instead of one per pair.
 ``ReferenceCocaStepper`` recomputes everything per pair at every step like the official code; it is kept for
 tests (equality) and the benchmark (speed).
 """

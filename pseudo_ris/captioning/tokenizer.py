@@ -2,7 +2,7 @@
 
 Decoding never hard-codes token ids: it reads ``sot_id``/``eot_id``/``pad_id`` from the tokenizer, so the same
 decoder serves real CoCa models (open_clip's 49,408-token BPE) and the project's tiny SynthRef models, whose
-cost is dominated by the vocabulary projection (DESIGN 4) and which therefore use a small word vocabulary.
+cost is dominated by the vocabulary projection and which therefore use a small word vocabulary.
 """
 
 from __future__ import annotations

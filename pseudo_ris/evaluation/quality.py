@@ -1,4 +1,4 @@
-"""Pseudo-label quality measured against SynthRef's ground truth (issue 4, item 3).
+"""Pseudo-label quality measured against SynthRef's ground truth.
 
 The paper (arXiv 2407.07412) can only judge pseudo labels through the models trained on them; on SynthRef every
 pool image comes with its true objects and their attributes, so the labels themselves can be scored:
@@ -15,7 +15,7 @@ pool image comes with its true objects and their attributes, so the labels thems
 Expressions are counted as the writer stores them: the *distinct* texts of each mask (the four views often yield
 the same beam caption). ``referential`` is the share over all (mask, text) pairs; ``referential_per_mask`` averages
 each mask's own share, i.e. the chance that the caption drawn for a mask in one training step is referential
-(the trainer samples one of a mask's sentences uniformly, DESIGN 1.5). ``referential_raw`` counts every stored
+(the trainer samples one of a mask's sentences uniformly). ``referential_raw`` counts every stored
 candidate row instead, duplicates included: samples that converge on the same (often right) caption weigh more there.
 
 Candidate-store variants (rows of `pseudo_ris.generation.store`): which decoding settings feed the labels and

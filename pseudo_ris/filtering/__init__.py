@@ -1,4 +1,4 @@
-"""Distinctiveness-based text filtering (DESIGN 1.5): noun phrases, a CLIP-style scorer, DoC and keep policies."""
+"""Distinctiveness-based text filtering: noun phrases, a CLIP-style scorer, DoC and keep policies."""
 
 from pseudo_ris.filtering.doc import FilterPolicy, doc_scores, rescore, select_candidates
 from pseudo_ris.filtering.nouns import (NounPhrase, RuleNounExtractor, SpacyNounExtractor, build_noun_extractor,

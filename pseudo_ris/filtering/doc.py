@@ -1,6 +1,6 @@
 """Distinctiveness-based text filtering: DoC, uniqueness, correctness, and the keep policies.
 
-arXiv 2407.07412, Sec. 3.2 (distinctiveness-based text filtering), as stated in DESIGN 1.5: for an image with masks
+arXiv 2407.07412, Sec. 3.2 (distinctiveness-based text filtering), as stated in for an image with masks
 1..N and a candidate caption c of mask m, with M[j] = CLIP logit(masked crop of j, "a photo of a n(c)") and
 C[j] = CLIP logit(margin-1.2 crop of j, c):
 

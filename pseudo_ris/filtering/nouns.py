@@ -1,4 +1,4 @@
-"""Head noun phrase of a caption, for the correctness prompt of DoC filtering (DESIGN 1.5; arXiv 2407.07412, Sec. 3.2).
+"""Head noun phrase of a caption, for the correctness prompt of DoC filtering (arXiv 2407.07412, Sec. 3.2).
 
 The official code takes spaCy's noun chunk of the caption's root: a chunk keeps its determiner and adjectives
 ("a small red circle"), so by default we keep them too (``keep_modifiers=True``): then M[j] asks "is mask j a small red
@@ -132,7 +132,7 @@ def build_noun_extractor(kind: str = "auto", keep_modifiers: bool = True,
 
 
 def noun_prompt(noun_phrase: str, template: str = "a photo of {}") -> str:
-    """"a photo of a {n}", or "a photo of {n}" when n already starts with an article (DESIGN 1.5) or another
+    """"a photo of a {n}", or "a photo of {n}" when n already starts with an article or another
     determiner / number ("a photo of two dogs")."""
     n = noun_phrase.strip()
     first = n.split(" ", 1)[0].lower() if n else ""

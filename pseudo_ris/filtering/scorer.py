@@ -1,4 +1,4 @@
-"""CLIP-style scorer for DoC filtering: image/text features and scaled-cosine logits (DESIGN 1.5).
+"""CLIP-style scorer for DoC filtering: image/text features and scaled-cosine logits.
 
 The official filter uses CLIP RN50. Any open_clip model with ``encode_image`` / ``encode_text`` / ``logit_scale``
 works, including the project's CoCa (its contrastive head), so on SynthRef the captioner doubles as the scorer.

@@ -1,7 +1,7 @@
-"""SynthRef foundation models: the stand-ins for SAM and CoCa/CLIP that cannot be downloaded here (DESIGN 2).
+"""SynthRef foundation models: the stand-ins for SAM and CoCa/CLIP that cannot be downloaded here.
 
-- `train_sam(cfg) -> path`: tiny SAM from segment_anything's modules, prompts on generated scenes (DESIGN 7);
-- `train_coca(cfg) -> path`: tiny open_clip CoCa on object crops with generic captions (DESIGN 6); its contrastive
+- `train_sam(cfg) -> path`: tiny SAM from segment_anything's modules, prompts on generated scenes;
+- `train_coca(cfg) -> path`: tiny open_clip CoCa on object crops with generic captions; its contrastive
   head is the CLIP scorer of DoC filtering;
 - `ensure_foundation_models(cache_dir, retrain=False) -> {"sam": path, "coca": path}`: the weights shipped in
   ``pseudo_ris/assets/foundation`` or, with ``retrain=True``, weights trained anew into ``cache_dir`` (cached by

@@ -1,4 +1,4 @@
-"""Train the tiny CoCa captioner / CLIP scorer on object crops with generic captions (DESIGN 2 and 6).
+"""Train the tiny CoCa captioner / CLIP scorer on object crops with generic captions.
 
 Losses (CoCa, Yu et al. 2022; open_clip's CoCaLoss): captioning cross-entropy with teacher forcing, plus a
 contrastive image-text loss. Generic captions repeat a lot ("a circle" is true of every circle), so plain InfoNCE

@@ -24,7 +24,7 @@ class FoundationConfigError(PseudoRISError):
 
 @dataclass
 class SamTrainConfig:
-    """Tiny SAM trained with point/box prompts on generated scenes (DESIGN 7)."""
+    """Tiny SAM trained with point/box prompts on generated scenes."""
 
     arch: str = "tiny"                 # key of pseudo_ris.masks.sam.build_sam
     steps: int = 1500
@@ -48,7 +48,7 @@ class SamTrainConfig:
 
 @dataclass
 class CocaTrainConfig:
-    """Tiny CoCa trained on object crops with generic captions (DESIGN 6)."""
+    """Tiny CoCa trained on object crops with generic captions."""
 
     arch: str = "coca_tiny"            # project model config name for pseudo_ris.captioning.coca.load_coca
     steps: int = 1500

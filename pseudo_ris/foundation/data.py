@@ -6,7 +6,7 @@ builder never uses (it seeds with its own dataset seed), so no evaluation image 
 pure function of (stream, seed, index), which makes training resumable bit for bit: step ``s`` always sees the same
 scenes.
 
-Captions are GENERIC (DESIGN 2 and 6): the shape with a random subset of its own attributes, each attribute kept
+Captions are GENERIC: the shape with a random subset of its own attributes, each attribute kept
 independently of the scene, so they never tell an object apart from the others on purpose. They use no location,
 relation or comparative word, which is what a CC3M-style captioner gives and what distinctive sampling must fix.
 """
@@ -88,7 +88,7 @@ def generic_caption(shape: str, colour: str, size: str, rng: np.random.Generator
 
 
 def prompt_text(stated: dict) -> str:
-    """The DoC correctness prompt form "a photo of a {noun phrase}" (DESIGN 1.5) of the stated attributes."""
+    """The DoC correctness prompt form "a photo of a {noun phrase}" of the stated attributes."""
     np_text = " ".join([stated[k] for k in ("size", "colour") if k in stated] + [stated["shape"]])
     return f"a photo of {_article(np_text)} {np_text}"
 

@@ -1,7 +1,7 @@
 """Quality reports of the foundation models on held-out generated scenes (stream ``*_eval``, never trained on).
 
-SAM: `SamAutomaticMaskGenerator` at explicit thresholds (SAM's defaults return nothing from a tiny CPU-trained model,
-DESIGN 7) -> recall of ground-truth objects at mask IoU 0.5 / 0.75, precision, masks per image; plus the prompted
+SAM: `SamAutomaticMaskGenerator` at explicit thresholds (SAM's defaults return nothing from a tiny CPU-trained model)
+-> recall of ground-truth objects at mask IoU 0.5 / 0.75, precision, masks per image; plus the prompted
 best-of-3 IoU of one click per object. CoCa: greedy-caption word accuracy, attribute prediction forced at the
 attribute slot, and contrastive retrieval (the CLIP-scorer role in DoC filtering).
 """

@@ -1,6 +1,6 @@
 """Train the tiny SAM (``pseudo_ris.masks.sam.build_sam("tiny")``) with point and box prompts on generated scenes.
 
-Recipe (DESIGN 7, measured on a prototype; the SAM paper's Sec. 3 / App. A training scheme scaled down):
+Recipe:
 - per step ``batch_images`` scenes x ``prompts_per_image`` prompts: foreground clicks (uniform inside an object's
   visible mask), ~15% background clicks whose target is the empty mask with predicted IoU 0 (so the automatic mask
   generator's ``pred_iou_thresh`` removes background blobs), and jittered boxes;

@@ -7,7 +7,7 @@ The pipeline only sees small interfaces, so SAM / GT / detector masks, any capti
   has ``text``, ``view``, ``setting``                                (`CocaCaptioner` wraps `generate_candidates`)
 - ``scorer.image_features / text_features / logits``                 (`pseudo_ris.filtering.ClipScorer`)
 
-Scores follow DESIGN 1.5 (arXiv 2407.07412, Sec. 3.2): for candidate c of mask m, M[j] uses the masked crop of every
+Scores follow arXiv 2407.07412, Sec. 3.2: for candidate c of mask m, M[j] uses the masked crop of every
 mask j against the noun prompt of c, C[j] the margin-1.2 crop of j against c itself. The full vectors are stored so
 DoC can be recomputed later with another transform or threshold without captioning again.
 """
@@ -32,7 +32,7 @@ from pseudo_ris.filtering.spatial_phrases import SpatialConfig, propose
 from pseudo_ris.generation.store import CandidateStore
 from pseudo_ris.masks.source import MaskSource, ObjectMask
 
-MASKED_VIEW, CONTEXT_VIEW = 0, 3  # DESIGN 1.5: M uses the masked crop, C the margin-1.2 crop
+MASKED_VIEW, CONTEXT_VIEW = 0, 3  # M uses the masked crop, C the margin-1.2 crop
 
 
 class Captioner(Protocol):

@@ -2,7 +2,7 @@
 
 The official names are built by `segment_anything.sam_model_registry` itself; we load their weights (CPU map, clear
 errors on a missing or mismatched file). Why a config at all: `segment_anything.sam_model_registry` hard-codes 1024 px / patch 16 / prompt dim 256, which is
-far too slow for the CPU-trained SynthRef foundation models (DESIGN 4 and 7). `SamConfig` exposes every size knob, the
+far too slow for the CPU-trained SynthRef foundation models. `SamConfig` exposes every size knob, the
 `tiny` entry is the project default (ViT width 128, depth 4, patch 8, 128 px, prompt dim 64), and a checkpoint may
 carry its own config so that a model trained with different sizes loads without code changes.
 

@@ -1,4 +1,4 @@
-"""Mask sources for pseudo-labelling (DESIGN 1.1): SAM automatic masks, ground-truth instances, external detections.
+"""Mask sources for pseudo-labelling: SAM automatic masks, ground-truth instances, external detections.
 
 Every source is a callable ``source(image, image_id) -> list[ObjectMask]`` returning object-level masks after the
 shared selection filters (`SelectionConfig`: drop empty, area range, mask-IoU dedup, cap on the count). The paper keeps
@@ -83,7 +83,7 @@ class MaskSource(Protocol):
 
 class SamMaskSource:
     """`SamAutomaticMaskGenerator` + object-level selection. Thresholds are explicit: SAM's defaults (0.88 / 0.95)
-    return nothing from a small CPU-trained SAM (DESIGN 7); the paper uses pred_iou_thresh 0.5."""
+    return nothing from a small CPU-trained SAM; the paper uses pred_iou_thresh 0.5."""
 
     def __init__(self, sam: Any, *, points_per_side: int = 16, points_per_batch: int = 64,
                  pred_iou_thresh: float = 0.5, stability_score_thresh: float = 0.8,
@@ -112,7 +112,7 @@ class SamMaskSource:
 
 
 class GtMaskSource:
-    """Ground-truth instances of a REFER dataset (DESIGN 7: ``masks=gt`` separates caption from mask quality)."""
+    """Ground-truth instances of a REFER dataset (``masks=gt`` separates caption from mask quality)."""
 
     def __init__(self, dataset: Any, selection: SelectionConfig = SelectionConfig(min_area=1, max_area_frac=1.0,
                                                                                   nms_iou=1.0)) -> None:

@@ -1,4 +1,4 @@
-"""SynthRef: the procedural RefCOCO-format dataset that the framework runs on by default (DESIGN 2).
+"""SynthRef: the procedural RefCOCO-format dataset that the framework runs on by default.
 
 Entry points: ``render_scene`` (one scene), ``build_synthref`` (write all datasets), ``ensure_synthref``
 (cached build keyed by the config), ``ground_expression`` / ``is_referential`` (the grounding oracle).

@@ -1,6 +1,6 @@
 """Grounding oracle: which objects of a SynthRef scene could an expression refer to?
 
-Pseudo-labels are judged against SynthRef's ground truth (issue 4, "referential accuracy"): an expression is
+Pseudo-labels are judged against SynthRef's ground truth ("referential accuracy"): an expression is
 *referential* when the objects it could refer to are exactly its target. The oracle parses text against the known
 attributes of the scene's objects (shape incl. synonyms, colour, size, absolute location, relation to another
 object) and ignores every word it does not know, so it reads both our generated expressions and captioner-style

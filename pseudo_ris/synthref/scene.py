@@ -7,7 +7,7 @@ every object stays recognisable.
 
 Size is absolute: a "big" object's radius is ~2x a "small" one's (``small_radius`` / ``big_radius`` as fractions of
 the image side, with a gap between the ranges), so "big"/"small" can be judged from the full image or from crops
-that keep scale. DESIGN 6, lesson 1: crops resized to a fixed size lose this, so the captioner must see context.
+that keep scale. Crops resized to a fixed size lose this, so the captioner must see context.
 """
 
 from __future__ import annotations

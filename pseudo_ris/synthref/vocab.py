@@ -52,7 +52,7 @@ COLOUR_SYNONYMS: dict[str, tuple[str, ...]] = {
 
 # --- sizes --------------------------------------------------------------------------------------------------------
 # Absolute: a "big" object's radius is about twice a "small" one's (see SceneConfig), so size is judgeable from
-# the whole image and from crops that keep scale (DESIGN 6, lesson 1).
+# the whole image and from crops that keep scale.
 SIZES: tuple[str, ...] = ("small", "big")
 SIZE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "small": ("small", "little", "tiny", "smaller", "smallest"),
