@@ -61,7 +61,9 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
              "Pseudo-label rows are trained once on the pool's labels (checkpoint chosen on SR val) and evaluated on "
              "every dataset; human/mixed rows are trained per dataset. Zero-shot rows do not depend on the model.", ""]
     roots = sorted({str(r.result["data_root"]) for r in done if r.result.get("data_root")})
-    lines += [f"SynthRef build: `{plan.data_root}` (directory name = SynthRef cache key).", ""]
+    home = str(Path.home())  # the page is committed: no user's home directory in it
+    lines += [f"SynthRef build: `{str(plan.data_root).replace(home, '~', 1)}` (directory name = SynthRef cache "
+              "key).", ""]
     if any(root != str(plan.data_root) for root in roots):
         lines += [f"> **Warning**: cached runs used other SynthRef builds ({roots}); their numbers are not "
                   "comparable. Delete their run directories and rerun.", ""]
