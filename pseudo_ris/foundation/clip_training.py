@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .coca_training import multi_positive_contrastive
 from .config import ClipTrainConfig, GenericCaptionConfig, config_dict, config_hash, make_config
 from .data import coca_batch, compatible, generic_caption, prompt_text, scene_at, scene_rng
-from .loop import cosine_lr, run_loop, write_recipe
+from .loop import adamw_without_norm_decay, clamp_logit_scale, cosine_lr, run_loop, write_recipe
 
 ARCH = "clip_synthref"
 WEIGHTS_NAME = "clip_synthref.pt"
@@ -94,11 +94,7 @@ def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = 
     size = int(model.visual.image_size if isinstance(model.visual.image_size, int) else model.visual.image_size[0])
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer, params = adamw_without_norm_decay(model, cfg.lr, cfg.weight_decay)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         images, texts, positives = clip_batch(step, cfg, size, caption_cfg)
@@ -107,14 +103,10 @@ def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = 
         loss = multi_positive_contrastive(image_features, text_features, model.logit_scale.exp(), positives)
         return {"loss": loss, "logit_scale": model.logit_scale.exp().detach()}
 
-    def clamp_scale() -> None:
-        with torch.no_grad():  # as open_clip's training: temperature at most 100
-            model.logit_scale.clamp_(0, 4.6052)
-
     summary = run_loop(name="clip", out_dir=out_dir, model=model, optimizer=optimizer, steps=cfg.steps,
                        recipe_hash=config_hash(cfg), step_fn=step_fn, checkpoint_every=cfg.checkpoint_every,
                        grad_clip=cfg.grad_clip, params=params, progress=progress, stop_after=cfg.stop_after,
-                       after_step=clamp_scale,
+                       after_step=clamp_logit_scale(model),
                        lr_at=lambda s: cosine_lr(s, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
     model.eval()
     import io

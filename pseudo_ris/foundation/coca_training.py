@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .config import CocaTrainConfig, GenericCaptionConfig, config_dict, config_hash, make_config
 from .data import caption_vocabulary, coca_batch, compatible, scene_at, scene_rng
-from .loop import cosine_lr, run_loop, write_recipe
+from .loop import adamw_without_norm_decay, clamp_logit_scale, cosine_lr, run_loop, write_recipe
 
 WEIGHTS_NAME = "{arch}.pt"
 CONTEXT_LENGTH = 32
@@ -73,11 +73,7 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
     torch.manual_seed(cfg.seed)
     bundle = load_coca(cfg.arch, tokenizer=synthref_tokenizer())
     model = bundle.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer, params = adamw_without_norm_decay(model, cfg.lr, cfg.weight_decay)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         rng = scene_rng("coca_sampling", cfg.seed, step)
@@ -89,14 +85,10 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
                                cfg.caption_loss_weight, cfg.clip_loss_weight)
         return terms
 
-    def clamp_scale() -> None:
-        with torch.no_grad():  # open_clip's training clamps the temperature at 100 (ln 100 = 4.6052)
-            model.logit_scale.clamp_(0, 4.6052)
-
     summary = run_loop(name="coca", out_dir=out_dir, model=model, optimizer=optimizer, steps=cfg.steps,
                        recipe_hash=config_hash(cfg), step_fn=step_fn, checkpoint_every=cfg.checkpoint_every,
                        grad_clip=cfg.grad_clip, params=params, progress=progress, stop_after=cfg.stop_after,
-                       after_step=clamp_scale,
+                       after_step=clamp_logit_scale(model),
                        lr_at=lambda s: cosine_lr(s, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_frac))
     model.eval()
     path = out_dir / WEIGHTS_NAME.format(arch=cfg.arch)

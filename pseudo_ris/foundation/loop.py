@@ -38,6 +38,24 @@ def cosine_lr(step: int, total: int, base: float, warmup: int, min_frac: float) 
     return base * (min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def adamw_without_norm_decay(model: torch.nn.Module, lr: float, weight_decay: float
+                              ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """AdamW with weight decay on matrices only (biases, norms and the temperature are not decayed), and the
+    trainable parameters (for gradient clipping)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+    return optimizer, params
+
+
+def clamp_logit_scale(model: torch.nn.Module) -> Callable[[], None]:
+    """After-step hook of contrastive models: open_clip's training clamps the temperature at 100 (ln 100)."""
+    def clamp() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, 4.6052)
+    return clamp
+
+
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
                recipe_hash: str, extra: dict | None = None) -> None:
     buf = io.BytesIO()
