@@ -19,3 +19,17 @@ def parse_key_values(argv: list[str], defaults: dict[str, str], doc: str | None)
             raise SystemExit(2)
         opts[key] = value
     return opts
+
+
+def bench_device(opts: dict[str, str]):
+    """``threads=`` (0 = torch's default) and ``device=`` of a benchmark: the torch device, or exit 2 when a GPU is
+    asked for and none is visible."""
+    import torch
+
+    if int(opts["threads"]):
+        torch.set_num_threads(int(opts["threads"]))
+    device = torch.device(opts["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: device=cuda but no GPU is visible", file=sys.stderr)
+        raise SystemExit(2)
+    return device

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from pseudo_ris.kv_options import parse_key_values
+from pseudo_ris.kv_options import bench_device, parse_key_values
 
 OPTIONS = {"masks": "10,30", "device": "cpu", "precision": "fp32", "batch": "1024", "threads": "1", "clock": "cpu"}
 MAX_LEN = 30
@@ -257,12 +257,7 @@ def main() -> None:
     except ValueError:
         print("error: masks=10,30 and batch= take integers", file=sys.stderr)
         raise SystemExit(2)
-    if int(opts["threads"]):
-        torch.set_num_threads(int(opts["threads"]))
-    device = torch.device(opts["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: device=cuda but no GPU is visible", file=sys.stderr)
-        raise SystemExit(2)
+    device = bench_device(opts)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opts["precision"]]
 
     def autocast():

@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 
-from pseudo_ris.kv_options import parse_key_values
+from pseudo_ris.kv_options import bench_device, parse_key_values
 
 OPTIONS = {"model": "lavt_swin_b", "device": "cpu", "batch": "2", "size": "", "steps": "3", "warmup": "1",
            "threads": "1", "precision": "fp32", "channels_last": "false", "clock": "cpu"}
@@ -54,12 +54,7 @@ def main() -> None:
 
     from ris_models.registry import build_model
 
-    if int(opts["threads"]):
-        torch.set_num_threads(int(opts["threads"]))
-    device = torch.device(opts["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: device=cuda but no GPU is visible", file=sys.stderr)
-        raise SystemExit(2)
+    device = bench_device(opts)
     torch.manual_seed(0)
     name = opts["model"]
     kwargs = {"bert_path": None, "vocab_file": "synthref_wordpiece.txt"} if name == "lavt_swin_b" else {}
