@@ -257,7 +257,8 @@ def test_shipped_weights_load_and_are_small():
     from pseudo_ris.masks.sam import build_sam
 
     paths = ensure_foundation_models(ROOT / ".cache-unused", retrain=False)
-    assert set(paths) == {"sam", "coca"}
+    assert set(paths) == {"sam", "coca", "clip"}
+    assert set(ensure_foundation_models(ROOT / ".cache-unused", kinds=("sam", "coca"))) == {"sam", "coca"}
     for path in paths.values():
         assert path.is_file() and path.stat().st_size < 10 * 2 ** 20
         assert "assets" in path.parts  # inside the package
@@ -274,7 +275,9 @@ def test_shipped_recipes_are_the_current_defaults():
     """retrain=True must reproduce the shipped recipe; a changed default needs new shipped weights."""
     from pseudo_ris.foundation.registry import shipped_recipe
 
-    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig)):
+    from pseudo_ris.foundation.config import ClipTrainConfig
+
+    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig), ("clip", ClipTrainConfig)):
         recipe = shipped_recipe(kind)
         assert recipe, f"{kind}_recipe.json missing next to the shipped weights"
         assert config_hash(make_config(cls, recipe)) == config_hash(cls())
@@ -297,8 +300,12 @@ def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(foundation, "train_sam", fake_train("sam"))
     monkeypatch.setattr(foundation, "train_coca", fake_train("coca"))
-    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    assert first == again and calls == ["sam", "coca"]  # the second call reuses the finished runs
-    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST)
-    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "sam"]
+    monkeypatch.setattr(foundation, "train_clip", fake_train("clip"))
+    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    assert first == again and calls == ["sam", "coca", "clip"]  # the second call reuses the finished runs
+    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST,
+                                     clip={"steps": 3})
+    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "clip", "sam"]
+    only = ensure_foundation_models(tmp_path, retrain=True, kinds=("coca",), coca=dict(COCA_FAST, seed=7))
+    assert set(only) == {"coca"} and calls[-1] == "coca" and len(calls) == 5
