@@ -203,12 +203,16 @@ def weights_identity(cfg: Mapping[str, Any]) -> dict[str, str]:
     A name such as ``pretrained=shipped`` stays the same when the shipped file is replaced; the digest does not, so
     new weights get a new default store and a store made with other weights is not resumed with these."""
     gen = cfg["generator"]
-    named = {"coca": resolve_weights(gen["captioner"].get("pretrained"), "coca"),
-             "scorer": (gen.get("scorer") or {}).get("pretrained")}
+    named = {"coca": (gen["captioner"].get("pretrained"), "coca"),
+             "scorer": ((gen.get("scorer") or {}).get("pretrained"), "clip")}
     if cfg.get("masks") in ("sam", "external"):
-        named["sam"] = resolve_weights((cfg.get("sam") or {}).get("checkpoint"), "sam")
+        named["sam"] = ((cfg.get("sam") or {}).get("checkpoint"), "sam")
     out = {}
-    for kind, value in named.items():
+    for kind, (given, shipped_kind) in named.items():
+        try:
+            value = resolve_weights(given, shipped_kind)
+        except (KeyError, PseudoRISError):  # shipped weights missing: validation names them later
+            continue
         if value not in (None, "") and _weights_path(value) and Path(str(value)).expanduser().is_file():
             out[kind] = file_digest(Path(str(value)).expanduser())[:16]
     return out
