@@ -351,14 +351,14 @@ def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
 
 
 def test_a_run_its_recipe_exports_part_way_counts_as_finished(tmp_path):
-    from pseudo_ris.foundation.registry import _finished_weights
+    from pseudo_ris.foundation.registry import finished_weights
 
     (tmp_path / "w.pt").write_bytes(b"x")
 
     def record(done, stop_after):
         (tmp_path / "recipe.json").write_text(json.dumps({"weights": "w.pt", "config": {"stop_after": stop_after},
                                                           "runs": [{"steps_done": done, "schedule_steps": 1200}]}))
-        return _finished_weights(tmp_path)
+        return finished_weights(tmp_path)
 
     assert record(600, 600) == tmp_path / "w.pt"  # the shipped CLIP's recipe: step 600 of a 1,200-step schedule
     assert record(500, 600) is None  # interrupted before its export step: resume
