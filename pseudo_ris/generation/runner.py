@@ -98,7 +98,8 @@ def _word_tokenizer(context_length: int = 32) -> Any:
 
 
 def resolve_weights(value: Any, kind: str) -> Any:
-    """``"shipped"`` -> the project's SynthRef foundation weights of ``kind`` (sam | coca); other values as given."""
+    """``"shipped"`` -> the project's SynthRef foundation weights of ``kind`` (sam | coca | clip); other values as
+    given."""
     if value != "shipped":
         return value
     from pseudo_ris.foundation.registry import shipped_paths
@@ -147,6 +148,17 @@ def build_settings(dec: Mapping[str, Any]) -> list[Any]:
     return [DecodeSetting(s["kind"], s["value"], bool(s.get("distinctive", False))) for s in settings]
 
 
+def build_scorer(sc: Mapping[str, Any], bundle: Any, device: str, allow_download: bool = False) -> ClipScorer:
+    """The DoC scorer of ``generator.scorer``: the captioner's contrastive head, or an open_clip model (``pretrained:
+    shipped`` = the SynthRef CLIP stand-in shipped with the package)."""
+    if sc["kind"] == "captioner":
+        return ClipScorer.from_coca_bundle(bundle, device=device)
+    if sc["kind"] == "open_clip":
+        return ClipScorer.from_open_clip(sc["name"], resolve_weights(sc.get("pretrained"), "clip"), device=device,
+                                         allow_download=allow_download)
+    raise GenerateConfigError(f"unknown scorer kind {sc['kind']!r}; choose captioner or open_clip")
+
+
 def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPipeline:
     device = cfg.get("device", "cpu")
     gen = cfg["generator"]
@@ -156,14 +168,7 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
     captioner = CocaCaptioner(bundle, build_settings(dec), batch_size=dec.get("batch_size", 256),
                               precision=str(dec.get("precision", "fp32")),
                               min_len=int(dec.get("min_len", 5)), max_len=int(dec.get("max_len", 30)))
-    sc = gen["scorer"]
-    if sc["kind"] == "captioner":
-        scorer = ClipScorer.from_coca_bundle(bundle, device=device)
-    elif sc["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(sc["name"], sc.get("pretrained"), device=device,
-                                           allow_download=allow_download)
-    else:
-        raise GenerateConfigError(f"unknown scorer kind {sc['kind']!r}; choose captioner or open_clip")
+    scorer = build_scorer(gen["scorer"], bundle, device, allow_download)
 
     sel = SelectionConfig(**(cfg.get("selection") or {}))
     sam_cfg = dict(cfg.get("sam") or {})
