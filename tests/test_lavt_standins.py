@@ -239,7 +239,7 @@ def test_shipped_swin_names_attributes_well_above_chance():
     recorded = _quality("swin")
     report = evaluate_swin(SHIPPED_DIR / SWIN_FILE, num_images=12)
     for k in ("shape", "colour", "size"):
-        assert recorded[f"{k}_acc"] > recorded[f"{k}_majority_rate"] + 0.2, k  # the recorded quality
+        assert recorded[f"{k}_acc"] > recorded[f"{k}_majority_rate"] + 0.15, k  # the recorded quality
         assert report[f"{k}_acc"] >= recorded[f"{k}_acc"] - 0.12, k  # and it still holds on a few scenes
 
 
