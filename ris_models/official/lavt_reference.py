@@ -127,7 +127,7 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "f
     our_feats = ours.encoder(images, our_words, mask)
     our_low = ours.decoder(our_feats)
     our_full = F.interpolate(our_low, size=(size, size), mode="bilinear", align_corners=True)
-    lines = [f"LAVT-RIS {_commit(root)} vs lavt_swin_b at {size} px (CPU {dtype}, random init, batch 2; "
+    lines = [f"LAVT-RIS {checkout_commit(root)} vs lavt_swin_b at {size} px (CPU {dtype}, random init, batch 2; "
              f"{len(state)} tensors mapped, {len(dropped)} dropped)",
              f"  BERT words          max|diff| {(words - our_words).abs().max().item():.3g}"]
     for i, (a, b) in enumerate(zip(feats, our_feats)):
@@ -140,7 +140,7 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "f
     return lines
 
 
-def _commit(root: str | Path) -> str:
+def checkout_commit(root: str | Path) -> str:
     """The checkout's commit (short), read from .git without running git; "unknown commit" otherwise."""
     git = Path(root) / ".git"
     try:
@@ -168,7 +168,7 @@ def record_lavt_fixtures(root: str | Path, out_dir: Path, seed: int = 0) -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     with official_lavt(root) as ref:
         model, bert = build_official_swin_b(ref, seed)
-        keys = {"source": f"LAVT-RIS {_commit(root)}: lib.segmentation.lavt(swin_type='base', window12=True) "
+        keys = {"source": f"LAVT-RIS {checkout_commit(root)}: lib.segmentation.lavt(swin_type='base', window12=True) "
                           "state_dict() as 'model', BERT-base (bert.modeling_bert, pooler=None) as 'bert_model'",
                 "model": {k: list(v.shape) for k, v in model.state_dict().items()},
                 "bert_model": {k: list(v.shape) for k, v in bert.state_dict().items()}}
