@@ -31,7 +31,8 @@ RESUME_MODES = ("auto", "extend", "never")
 #: top-level options that cannot change the weights (evaluation, logging, where files go, how often to save)
 NOT_IDENTITY = frozenset({
     "ckpt_path", "resume", "checkpoint_every_n_steps", "evaluate_after", "num_overlays", "limit_eval", "num_workers",
-    "eval_batch_size", "threshold", "eval_resolution", "eval", "logger", "output_dir", "cache_dir", "allow_download",
+    "eval_batch_size", "eval", "logger", "output_dir", "cache_dir", "allow_download",
+    "threshold", "eval_resolution",  # top-level evaluation keys of records written before the ``eval`` group
 })
 #: trainer options that cannot change the weights
 TRAINER_NOT_IDENTITY = frozenset({"enable_progress_bar", "progress_refresh_rate", "log_every_n_steps",

@@ -143,5 +143,4 @@ def write_zero_shot(results: dict[str, dict[str, float]], out_dir: str | Path, d
     """Same files as a trained model's evaluation (``metrics_<dataset>.json`` / ``.md``)."""
     from ris_models.evaluation import write_results
 
-    return write_results(results, out_dir, dataset, {"model": "zero-shot", "threshold": None,
-                                                     "eval_resolution": "original", **meta})
+    return write_results(results, out_dir, dataset, {"model": "zero-shot", **meta})

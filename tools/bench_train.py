@@ -15,12 +15,16 @@ Options: ``model=``, ``device=cpu|cuda``, ``batch=2``, ``size=`` (default the mo
 ``clock=cpu|wall``: ``cpu`` (default) times this process's CPU seconds, which on a shared machine stay steady
 while wall time swings with other users' load (with ``threads=1`` the two agree on an idle machine); use
 ``clock=wall`` on a GPU.
-The closing line: ``<model> <size>px batch <b> <device> <precision>: <x> samples/s, peak memory <n> MB``.
+Each step prints its CPU and wall seconds; the warm-up steps are printed too but not counted. On CPU the resident
+memory after building the model and the optimizer is printed next to the peak, so the step's own share (activations,
+gradients, AdamW state) reads as their difference.
+The closing line: ``<model> <size>px batch <b> <device> <precision>: <x> samples/s (<s> s/step), peak memory <n> MB``.
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 
@@ -45,7 +49,21 @@ def _parse(argv: list[str]) -> dict[str, str]:
     if opts["precision"] not in ("fp32", "bf16", "fp16"):
         print(f"error: precision={opts['precision']}: choose fp32, bf16 or fp16", file=sys.stderr)
         raise SystemExit(2)
+    numeric = [("batch", 1), ("steps", 1), ("warmup", 0), ("threads", 0)] + ([("size", 32)] if opts["size"] else [])
+    for key, low in numeric:
+        if not opts[key].isdigit() or int(opts[key]) < low:
+            print(f"error: {key}={opts[key]}: expected an integer >= {low}", file=sys.stderr)
+            raise SystemExit(2)
     return opts
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return 0.0
 
 
 def main() -> None:
@@ -79,6 +97,7 @@ def main() -> None:
     print(f"{name}: {n_params / 1e6:.1f} M parameters (random init, built in {build_s:.1f} s), input {size}px, "
           f"batch {batch}, {device}, {opts['precision']}{', channels_last' if channels_last else ''}, "
           f"torch threads {torch.get_num_threads()}, {opts['clock']} clock", flush=True)
+    base_rss = _rss_mb()
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -89,30 +108,35 @@ def main() -> None:
         scaler.update()
         return float(loss.detach())
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    clock = time.process_time if opts["clock"] == "cpu" else time.perf_counter
-    times = []
-    for i in range(steps):
-        start = clock()
+    def timed() -> tuple[float, float, float]:
+        """(CPU s, wall s, loss) of one step."""
+        cpu, wall = time.process_time(), time.perf_counter()
         loss = step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(clock() - start)
-        print(f"  step {i + 1}: {times[-1]:.2f} s, loss {loss:.4f}", flush=True)
+        return time.process_time() - cpu, time.perf_counter() - wall, loss
+
+    for i in range(warmup):
+        cpu, wall, loss = timed()
+        print(f"  warm-up {i + 1}: {cpu:.2f} CPU s, {wall:.2f} wall s, loss {loss:.4f} (not counted)", flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(steps):
+        cpu, wall, loss = timed()
+        times.append(cpu if opts["clock"] == "cpu" else wall)
+        print(f"  step {i + 1}: {cpu:.2f} CPU s, {wall:.2f} wall s, loss {loss:.4f}", flush=True)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
         what = "peak GPU memory"
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         what = "peak RSS"
-    per_step = sorted(times)[len(times) // 2]
-    print(f"median step {per_step:.2f} {opts['clock']} s ({what} {peak:.0f} MB)")
-    print(f"{name} {size}px batch {batch} {device.type} {opts['precision']}: {batch / per_step:.2f} samples/s, "
-          f"peak memory {peak:.0f} MB")
+    per_step = statistics.median(times)
+    extra = f"; {base_rss:.0f} MB before the first step: libraries + weights" if device.type == "cpu" else ""
+    print(f"median of {steps} timed steps: {per_step:.2f} {opts['clock']} s ({what} {peak:.0f} MB{extra})")
+    print(f"{name} {size}px batch {batch} {device.type} {opts['precision']}: {batch / per_step:.3f} samples/s "
+          f"({per_step:.2f} s/step), peak memory {peak:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class SamTrainConfig:
 
 @dataclass
 class CocaTrainConfig:
-    """Tiny CoCa trained on object crops with generic captions."""
+    """Tiny CoCa trained on object crops with generic captions (the defaults: the shipped recipe)."""
 
     arch: str = "coca_tiny"            # project model config name for pseudo_ris.captioning.coca.load_coca
     steps: int = 1500
@@ -68,6 +68,9 @@ class CocaTrainConfig:
     stop_after: int | None = None
     captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
     scene: dict = field(default_factory=dict)
+    # fine-tuning: a parent recipe (CocaTrainConfig keys) trained first, into <out>/init-<its hash>; this run starts
+    # from its weights and continues its scene stream after the parent's last step ({}: random init)
+    init: dict = field(default_factory=dict)
 
 
 @dataclass

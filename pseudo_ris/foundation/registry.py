@@ -58,12 +58,12 @@ def ensure_foundation_models(cache_dir: str | Path, retrain: bool = False, *, sa
                                       ("coca", CocaTrainConfig, train_coca, coca)):
         recipe = make_config(cls, given if given is not None else (shipped_recipe(kind) or None))
         run_dir = cache_dir / f"{kind}-{config_hash(recipe)}"
-        weights = _finished_weights(run_dir)
+        weights = finished_weights(run_dir)
         out[kind] = weights if weights is not None else trainer(recipe, out_dir=run_dir, progress=progress)
     return out
 
 
-def _finished_weights(run_dir: Path) -> Path | None:
+def finished_weights(run_dir: Path) -> Path | None:
     """The weights of a run that completed its schedule (per its recipe.json), else None (train or resume)."""
     record = run_dir / "recipe.json"
     if not record.is_file():
