@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ris_models.official.common import CheckpointImportError, check_state_dict, save_state_as_torchscript
+from ris_models.official.common import (CheckpointImportError, check_state_dict, checkout_commit,
+                                        save_state_as_torchscript)
 from ris_models.official.cris import convert_cris_state
 
 _ARCH = {"cris_r50": "RN50", "cris_r101": "RN101"}
@@ -135,7 +136,8 @@ def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: i
     same_tokens = torch.equal(tokens["input_ids"], reference_ids)
     diff = (got - expected).abs().max().item()
     init = "random batch-norm statistics" if randomise_norms else "official initialisation"
-    return [f"{preset} vs CRIS.pytorch at {size} px, {word_len} tokens, {str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
+    return [f"{preset} vs CRIS.pytorch {checkout_commit(root)} at {size} px, {word_len} tokens, "
+            f"{str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
             f"official tensors mapped (dropped: {', '.join(dropped)}); token ids equal: {same_tokens}; "
             f"logits {tuple(got.shape)} up to {expected.abs().max().item():.2f}, max |diff| {diff:.2e}"]
 
@@ -154,11 +156,11 @@ def _float16_exact(module: torch.nn.Module, generator: torch.Generator) -> None:
     all weights to float16-exact values (so the fixture stores them at half the size)."""
     _randomise_norms(module, generator)
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn(p.shape, generator=generator))
             p.copy_(p.half().float())
-        for name, b in module.named_buffers():
+        for b in module.buffers():
             if b.is_floating_point():
                 b.copy_(b.half().float())
 
@@ -181,7 +183,6 @@ def record_cris_head(root: str | Path, out_dir: Path, seed: int = 0) -> Path:
 
 def _record_cris_head(root: Path, out_dir: Path, seed: int) -> Path:
     from pseudo_ris.data.io import atomic_write_bytes
-    from ris_models.official.lavt_reference import checkout_commit
 
     _official_modules(root)  # puts the official ``model`` package into sys.modules
     clip, layers = sys.modules["model.clip"], sys.modules["model.layers"]

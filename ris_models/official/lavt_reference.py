@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ris_models.official.common import CheckpointImportError, check_state_dict
+from ris_models.official.common import CheckpointImportError, check_state_dict, checkout_commit
 from ris_models.official.lavt import convert_lavt_state
 
 #: Files of the recorded fixtures (under tests/fixtures/).
@@ -138,26 +138,6 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "f
     lines.append(f"  logits {size} px      max|diff| {(full - our_full).abs().max().item():.3g}, "
                  f"argmax agrees on {100 * agree:.4f} % of pixels")
     return lines
-
-
-def checkout_commit(root: str | Path) -> str:
-    """The checkout's commit (short), read from .git without running git; "unknown commit" otherwise."""
-    git = Path(root) / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = git / head[5:]
-            head = ref.read_text().strip() if ref.is_file() else _packed_ref(git, head[5:])
-        return f"at {head[:7]}"
-    except OSError:
-        return "(unknown commit)"
-
-
-def _packed_ref(git: Path, name: str) -> str:
-    for line in (git / "packed-refs").read_text().splitlines():
-        if line.endswith(" " + name):
-            return line.split()[0]
-    raise OSError(name)
 
 
 @torch.no_grad()
