@@ -136,7 +136,7 @@ def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: i
     same_tokens = torch.equal(tokens["input_ids"], reference_ids)
     diff = (got - expected).abs().max().item()
     init = "random batch-norm statistics" if randomise_norms else "official initialisation"
-    return [f"{preset} vs CRIS.pytorch {checkout_commit(root)} at {size} px, {word_len} tokens, "
+    return [f"{preset} vs CRIS.pytorch {checkout_commit(root)}: {size} px, {word_len} tokens, "
             f"{str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
             f"official tensors mapped (dropped: {', '.join(dropped)}); token ids equal: {same_tokens}; "
             f"logits {tuple(got.shape)} up to {expected.abs().max().item():.2f}, max |diff| {diff:.2e}"]
