@@ -279,9 +279,17 @@ def check_weight_sources(name: str, allow_download: bool = False, **overrides: A
 
     from pseudo_ris.weights import hub_file, hub_snapshot_dir, resolve_open_clip_tag
 
-    if allow_download or name not in MODEL_REGISTRY:
+    if name not in MODEL_REGISTRY:
         return
     cfg = {**MODEL_REGISTRY[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if cfg["model_type"] == "lavt":
+        from ris_models.pretraining.shipped import check_lavt_pretrained, standin_paths
+
+        check_lavt_pretrained(cfg["pretrained"])
+        if cfg["pretrained"]:
+            standin_paths()  # a package installed without its data says so here, before any data is prepared
+    if allow_download:
+        return
     tag = cfg.get("pretrained")
     if cfg["model_type"] == "cris" and tag is True:  # the shipped stand-in has the tiny CRIS's encoders only
         tiny = MODEL_REGISTRY["cris_tiny"]

@@ -199,9 +199,14 @@ def test_a_grown_vocabulary_keeps_the_trained_embeddings_and_another_one_is_refu
         build_model("lavt_tiny", vocab_file=str(reordered))
 
 
-def test_pretrained_takes_a_boolean():
+def test_pretrained_takes_a_boolean_and_is_checked_before_any_data_is_prepared():
+    from ris_models.registry import check_weight_sources
+
     with pytest.raises(ModelConfigError, match="pretrained"):
         build_model("lavt_tiny", pretrained="yes")
+    with pytest.raises(ModelConfigError, match="pretrained is true"):
+        check_weight_sources("lavt_tiny", allow_download=True, pretrained="yes")
+    check_weight_sources("lavt_tiny", pretrained=False)
 
 
 def test_shipped_files_are_small_and_their_records_carry_no_machine_paths():

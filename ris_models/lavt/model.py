@@ -16,7 +16,7 @@ from torch import nn
 from ris_models.lavt.decoder import SimpleDecoder
 from ris_models.lavt.encoder import LanguageAwareSwin
 from ris_models.lavt.text_encoder import build_bert, check_bert_path
-from ris_models.pretraining.shipped import load_bert_weights, standin_paths
+from ris_models.pretraining.shipped import check_lavt_pretrained, load_bert_weights, standin_paths
 from ris_models.registry import ModelConfigError, RISModel
 from ris_models.text import ASSETS_DIR, WordPieceTokenizer, resolve_asset
 
@@ -62,10 +62,7 @@ class LAVTModel(RISModel):
         self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
                      backbone_lr_mult=backbone_lr_mult, stride_reason="patch 4 x 3 merges")
 
-        if not isinstance(pretrained, bool):
-            raise ModelConfigError(f"LAVT's model.pretrained is true (the shipped SynthRef Swin and BERT stand-ins) or "
-                                   f"false, got {pretrained!r}; give own weights with model.swin_pretrained=<file> "
-                                   "and model.bert_path=<BERT directory>")
+        check_lavt_pretrained(pretrained)
         standins = standin_paths() if pretrained and load_pretrained else {}
         if bert_path is not None:
             check_bert_path(bert_path)

@@ -32,6 +32,14 @@ def standin_paths() -> dict[str, Path]:
     return paths
 
 
+def check_lavt_pretrained(value: Any) -> None:
+    """LAVT's ``model.pretrained`` is a boolean (own weights go through ``swin_pretrained`` / ``bert_path``)."""
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"LAVT's model.pretrained is true (the shipped SynthRef Swin and BERT stand-ins) or "
+                               f"false, got {value!r}; give own weights with model.swin_pretrained=<file> and "
+                               "model.bert_path=<BERT directory>")
+
+
 def load_bert_weights(bert: nn.Module, directory: str | Path, vocab_file: str | Path | None = None) -> None:
     """Fill ``bert`` (a BertModel without pooler) from a BERT-MLM directory's ``model.safetensors``, strictly:
     every tensor present with its shape (the MLM head ``cls.*`` is ignored).
