@@ -193,6 +193,31 @@ def test_cached_equals_uncached_logits_and_probs(tiny):
         tokens = torch.randint(4, tiny.tokenizer.vocab_size, (tokens.numel(),), generator=g)
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_fused_and_lazy_contrast_projection_equal_reference(tiny, fuse):
+    """The contrast term projected lazily (after the candidate sets are known) or in the same pass as z must give
+    the reference's z_dep on every row, zero on rows without contrast, whatever the sampler reported."""
+    cached, ref = _steppers(tiny)
+    tokens = torch.full((7,), tiny.tokenizer.sot_id)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        cached.fuse_contrast = fuse
+        zc, lazy = cached.step(tokens)
+        zr, dr = ref.step(tokens)
+        assert (lazy.dense is not None) == fuse
+        assert torch.allclose(zc, zr, atol=1e-4, rtol=1e-4)
+        keep = torch.ones_like(zc, dtype=torch.bool)
+        on_cols = lazy.on_columns(keep, cached.has_contrast)
+        assert cached.fuse_contrast  # every column kept: the next step fuses
+        assert torch.allclose(on_cols, dr, atol=1e-4, rtol=1e-4)
+        assert float(on_cols[~cached.has_contrast].abs().max()) == 0.0
+        tokens = torch.randint(4, tiny.tokenizer.vocab_size, (7,), generator=g)
+    few = torch.zeros_like(keep)
+    few[:, :3] = True
+    lazy.on_columns(few, cached.has_contrast)
+    assert not cached.fuse_contrast  # few columns: back to the lazy projection
+
+
 def test_contrast_weights_use_similarity(tiny):
     """z_dep must equal mean_j s_ij z_j computed from separate single-image logits."""
     lat, emb = _images(tiny, 3, seed=3)
