@@ -43,6 +43,15 @@ def test_top_k_plain():
     assert torch.allclose(p, torch.tensor(expected), atol=1e-6)
 
 
+def test_candidate_sets_never_hold_minus_inf_tokens():
+    """k larger than the finite logits, and top-p 1.0: banned (-inf) tokens stay out of the candidate set."""
+    from pseudo_ris.captioning.decoding import candidate_mask
+
+    z = torch.tensor([[1.0, float("-inf"), 2.0, 0.0], [1.0, float("-inf"), 2.0, 0.0]])
+    keep = candidate_mask(z, torch.tensor([4, 0]), torch.tensor([1.0, 1.0]))
+    assert keep.tolist() == [[True, False, True, True], [True, False, True, True]]
+
+
 def test_top_k_keeps_ties_at_kth_logit():
     p = _probs([0.0, 3.0, 2.0, 2.0, 1.0], top_k=2)
     assert torch.allclose(p, torch.tensor([0.0] + _softmax([3.0, 2.0, 2.0]) + [0.0]), atol=1e-6)

@@ -116,8 +116,9 @@ def _sorted_values(x: torch.Tensor) -> torch.Tensor:
 def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Bool [R,V]: the candidate set S of each row. A row uses top-k where ``top_k > 0``, else top-p."""
     r, v = z.shape
-    # -inf logits (banned tokens, EOS below min_len) are never candidates: thresholds are raised to the smallest
-    # finite value, so one comparison keeps the tokens at or above the threshold that are finite
+    # -inf logits (banned tokens, EOS below min_len) are never candidates: the top-k threshold is raised to the
+    # smallest finite value (k may exceed the finite logits), so one comparison keeps only finite tokens; top-p
+    # needs no such guard, a -inf token has cumulative mass 0 <= 1 - p and is always dropped
     lowest = torch.finfo(z.dtype).min
     keep = torch.zeros(z.shape, dtype=torch.bool, device=z.device)
     use_k = (top_k > 0) if top_k is not None else torch.zeros(r, dtype=torch.bool, device=z.device)
@@ -139,7 +140,7 @@ def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Ten
         # up to exact ties at the boundary, which are all kept (as top-k keeps ties at the k-th logit).
         n_drop = (cum <= (1 - p)[:, None]).sum(dim=1).clamp(max=v - 1)
         threshold = sorted_logits.gather(1, n_drop[:, None])
-        keep[use_p] = zp >= threshold.clamp(min=lowest)
+        keep[use_p] = zp >= threshold
     return keep
 
 
