@@ -16,21 +16,13 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.io import atomic_write_json, file_digest
 from pseudo_ris.data.locks import file_lock
 
 COMPLETE = "pseudo_labels_complete.json"
 # options that do not change the labels (where and how verbosely they are made)
 _NOT_IN_KEY = ("out_dir", "out_root", "progress", "threads", "device", "report", "stage", "shard", "num_shards",
                "cache_dir", "hydra")
-
-
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pseudo_label_key(gen_cfg: Mapping[str, Any]) -> str:
@@ -41,7 +33,7 @@ def pseudo_label_key(gen_cfg: Mapping[str, Any]) -> str:
     coca_ckpt = gen_cfg.get("generator", {}).get("captioner", {}).get("pretrained")
     for kind, path in (("sam", sam_ckpt), ("coca", coca_ckpt)):
         if path and Path(str(path)).is_file():
-            weights[kind] = _file_digest(path)
+            weights[kind] = file_digest(path)
     blob = json.dumps({"cfg": keyed, "weights": weights}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

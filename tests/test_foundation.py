@@ -16,6 +16,7 @@ from pseudo_ris.foundation import (CocaTrainConfig, GenericCaptionConfig, SamTra
 from pseudo_ris.foundation.config import FoundationConfigError, config_dict, config_hash, make_config
 from pseudo_ris.foundation.data import (caption_vocabulary, coca_batch, compatible, generic_caption, prompt_text,
                                         sam_image_batch, scene_at)
+from pseudo_ris.foundation.coca_training import synthref_tokenizer
 from pseudo_ris.foundation.loop import ResumeMismatchError
 from pseudo_ris.synthref.vocab import (ABSOLUTE_LOCATION_WORDS, COLOURS, RELATION_PHRASES, SHAPES, SIZE_SYNONYMS,
                                        SIZES)
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # tiny recipes: a few steps of the real loops in seconds
 SAM_FAST = dict(steps=3, batch_images=2, prompts_per_image=3, warmup_steps=1, checkpoint_every=1)
-COCA_FAST = dict(steps=3, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1)
+COCA_FAST = dict(steps=3, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1, init={})
 
 
 @pytest.fixture(autouse=True)
@@ -196,6 +197,44 @@ def test_train_coca_reloads_into_open_clip(tmp_path):
     assert torch.isfinite(out["logits"]).all() and out["logits"].std() > 0
 
 
+def test_coca_fine_tune_trains_its_parent_once_and_continues_its_scene_stream(tmp_path, monkeypatch):
+    """``init``: the parent recipe is trained first (into init-<hash>), reused afterwards; the fine-tune starts
+    from the parent's weights and draws the scenes after the parent's last step."""
+    import pseudo_ris.foundation.coca_training as coca_training
+    from pseudo_ris.captioning.coca import load_coca
+
+    parent = dict(COCA_FAST, steps=2)
+    child = dict(COCA_FAST, steps=1, lr=1e-9, warmup_steps=0, sam_like_prob=0.5, init=parent)
+    seen: list[int] = []
+    real_scene_at = coca_training.scene_at
+    monkeypatch.setattr(coca_training, "scene_at",
+                        lambda stream, seed, index, cfg=None: seen.append(index) or real_scene_at(stream, seed, index,
+                                                                                                   cfg))
+    path = train_coca(child, out_dir=tmp_path / "ft", progress=False)
+    parent_dir = tmp_path / "ft" / f"init-{config_hash(make_config(CocaTrainConfig, parent))}"
+    parent_weights = parent_dir / "coca_tiny.pt"
+    assert parent_weights.is_file()
+    assert seen[0] == 0 and 2000 in seen  # parent steps 0, 1, then the child's step 0 = stream step 2
+    stamp = parent_weights.stat().st_mtime_ns
+    # lr 1e-9: one step barely moves the weights, so the child must be the parent's weights (not a fresh init)
+    got = load_coca("coca_tiny", pretrained=path).model.state_dict()
+    want = load_coca("coca_tiny", pretrained=parent_weights).model.state_dict()
+    fresh = load_coca("coca_tiny", tokenizer=synthref_tokenizer()).model.state_dict()
+    assert all(torch.allclose(got[k], want[k], atol=1e-5) for k in want)
+    assert any(not torch.allclose(want[k], fresh[k], atol=1e-3) for k in want)
+    other = tmp_path / "ft3"
+    (other / parent_dir.name).mkdir(parents=True)
+    for f in parent_dir.iterdir():  # a finished parent run is reused, not retrained
+        if f.is_file():
+            (other / parent_dir.name / f.name).write_bytes(f.read_bytes())
+    seen.clear()
+    train_coca(child, out_dir=other, progress=False)
+    assert min(seen) == 2000  # only the child's scenes were drawn
+    assert parent_weights.stat().st_mtime_ns == stamp
+    with pytest.raises(FoundationConfigError, match="init.arch"):
+        train_coca(dict(child, init=dict(parent, arch="other")), out_dir=tmp_path / "bad", progress=False)
+
+
 def test_coca_loss_decreases_on_a_fixed_batch():
     from pseudo_ris.captioning.coca import load_coca
     from pseudo_ris.foundation.coca_training import coca_step_loss, synthref_tokenizer
@@ -257,7 +296,8 @@ def test_shipped_weights_load_and_are_small():
     from pseudo_ris.masks.sam import build_sam
 
     paths = ensure_foundation_models(ROOT / ".cache-unused", retrain=False)
-    assert set(paths) == {"sam", "coca"}
+    assert set(paths) == {"sam", "coca", "clip"}
+    assert set(ensure_foundation_models(ROOT / ".cache-unused", kinds=("sam", "coca"))) == {"sam", "coca"}
     for path in paths.values():
         assert path.is_file() and path.stat().st_size < 10 * 2 ** 20
         assert "assets" in path.parts  # inside the package
@@ -274,7 +314,9 @@ def test_shipped_recipes_are_the_current_defaults():
     """retrain=True must reproduce the shipped recipe; a changed default needs new shipped weights."""
     from pseudo_ris.foundation.registry import shipped_recipe
 
-    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig)):
+    from pseudo_ris.foundation.config import ClipTrainConfig
+
+    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig), ("clip", ClipTrainConfig)):
         recipe = shipped_recipe(kind)
         assert recipe, f"{kind}_recipe.json missing next to the shipped weights"
         assert config_hash(make_config(cls, recipe)) == config_hash(cls())
@@ -297,8 +339,81 @@ def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(foundation, "train_sam", fake_train("sam"))
     monkeypatch.setattr(foundation, "train_coca", fake_train("coca"))
-    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    assert first == again and calls == ["sam", "coca"]  # the second call reuses the finished runs
-    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST)
-    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "sam"]
+    monkeypatch.setattr(foundation, "train_clip", fake_train("clip"))
+    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    assert first == again and calls == ["sam", "coca", "clip"]  # the second call reuses the finished runs
+    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST,
+                                     clip={"steps": 3})
+    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "clip", "sam"]
+    only = ensure_foundation_models(tmp_path, retrain=True, kinds=("coca",), coca=dict(COCA_FAST, seed=7))
+    assert set(only) == {"coca"} and calls[-1] == "coca" and len(calls) == 5
+
+
+def test_a_run_its_recipe_exports_part_way_counts_as_finished(tmp_path):
+    from pseudo_ris.foundation.registry import finished_weights
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+
+    def record(done, stop_after):
+        (tmp_path / "recipe.json").write_text(json.dumps({"weights": "w.pt", "config": {"stop_after": stop_after},
+                                                          "runs": [{"steps_done": done, "schedule_steps": 1200}]}))
+        return finished_weights(tmp_path)
+
+    assert record(600, 600) == tmp_path / "w.pt"  # the shipped CLIP's recipe: step 600 of a 1,200-step schedule
+    assert record(500, 600) is None  # interrupted before its export step: resume
+    assert record(600, None) is None  # the whole schedule was asked for
+    assert record(1200, None) == tmp_path / "w.pt"
+
+
+# --- CoCa quality on crops of automatic masks ------------------------------------------------------------------------
+
+def test_one_to_one_matching_keeps_each_object_once_on_its_best_mask():
+    from pseudo_ris.foundation.evaluate import match_one_to_one
+
+    iou = np.array([[0.9, 0.6], [0.8, 0.1], [0.55, 0.4]])
+    # mask 0 takes object 0 (0.9); object 1's only mask >= 0.5 is mask 0, already used; 0.4 is below the bar
+    assert match_one_to_one(iou, 0.5) == [(0, 0)]
+    iou = np.array([[0.0, 0.7], [0.5, 0.0], [0.0, 0.6]])
+    assert match_one_to_one(iou, 0.5) == [(1, 0), (0, 1)]  # GT order; IoU exactly 0.5 counts; mask 2 a duplicate
+    assert match_one_to_one(np.zeros((0, 3)), 0.5) == []
+
+
+def test_sam_crop_masks_returns_matched_masks_with_their_objects():
+    from types import SimpleNamespace
+
+    from pseudo_ris.foundation.evaluate import sam_crop_masks
+    from pseudo_ris.masks.source import ObjectMask
+
+    def box(y0, y1, x0, x1):
+        m = np.zeros((10, 10), bool)
+        m[y0:y1, x0:x1] = True
+        return m
+
+    objects = [SimpleNamespace(mask=box(0, 4, 0, 4)), SimpleNamespace(mask=box(6, 10, 6, 10)),
+               SimpleNamespace(mask=box(0, 2, 8, 10))]
+    scene = SimpleNamespace(image=np.zeros((10, 10, 3), np.uint8), objects=objects)
+    found = [box(6, 10, 6, 9),   # object 1, IoU 12/16
+             box(0, 4, 0, 2),    # object 0, IoU 8/16 = 0.5
+             box(0, 10, 0, 10)]  # background: IoU 16/100 with object 0
+    masks, index = sam_crop_masks(lambda image: [ObjectMask(m) for m in found], scene, 0.5)
+    assert index == [0, 1]
+    assert np.array_equal(masks[0], found[1]) and np.array_equal(masks[1], found[0])
+    masks, index = sam_crop_masks(lambda image: [], scene, 0.5)
+    assert index == [] and masks.shape == (0, 10, 10)
+
+
+def test_evaluate_coca_on_sam_crops_judges_matched_objects_only():
+    from pseudo_ris.foundation.data import scene_at
+    from pseudo_ris.foundation.evaluate import evaluate_coca
+
+    paths = ensure_foundation_models(ROOT / ".cache-unused", retrain=False)
+    gt = evaluate_coca(paths["coca"], num_images=1, samples_per_crop=1, progress=False)["summary"]
+    sam = evaluate_coca(paths["coca"], num_images=1, samples_per_crop=1, masks="sam", progress=False)["summary"]
+    n_objects = len(scene_at("coca_eval", 0, 0).objects)
+    assert gt["masks"] == "gt" and gt["objects"] == n_objects and "sam_matched_share" not in gt
+    assert sam["masks"] == "sam" and 0 < sam["objects"] <= n_objects
+    assert sam["sam_matched_share"] == round(sam["objects"] / n_objects, 4)
+    assert sam["sam_settings"]["points_per_side"] == 8 and sam["sam_settings"]["selection_nms_iou"] == 0.5
+    with pytest.raises(ValueError, match="masks='box'"):
+        evaluate_coca(paths["coca"], num_images=1, masks="box", progress=False)

@@ -74,3 +74,38 @@ def test_default_out_dir_is_one_folder_per_setup():
     others = {runner.default_out_dir(_cfg(o)) for o in ("masks=gt", "num_shards=4", "seed=1",
                                                         "generator/captioner=synthref_shipped", "sam.checkpoint=null")}
     assert len(others) == 5 and base not in others
+
+
+def test_store_identity_follows_the_bytes_of_shipped_weights(tmp_path, monkeypatch):
+    """``pretrained=shipped`` names a file whose bytes change when new weights are shipped: the default store and
+    the store's run identity must change with them, so labels of old and new weights never share a store."""
+    from types import SimpleNamespace
+
+    import pseudo_ris.foundation.registry as registry
+    from pseudo_ris.generation.store import check_meta
+
+    monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
+    (tmp_path / "sam_tiny.pt").write_bytes(b"sam weights")
+    (tmp_path / "coca_tiny.pt").write_bytes(b"old coca weights")
+    cfg = _cfg("generator/captioner=synthref_shipped", "sam.checkpoint=shipped")
+    source = SimpleNamespace(description="pool", image_dir=str(tmp_path))
+    old_dir, old_meta = runner.default_out_dir(cfg), runner.run_meta(cfg, source)
+    # sha1(b"old coca weights")[:16], computed outside the code under test with hashlib on the command line
+    assert old_meta["weights"]["coca"] == "eaf9551ab78faa7e"
+    assert set(old_meta["weights"]) == {"coca", "sam"}
+    assert runner.default_out_dir(cfg) == old_dir  # same bytes, same store
+    store = tmp_path / "store"
+    store.mkdir()
+    check_meta(store, old_meta, write=True)
+    (store / "images.shard0of1.jsonl").write_text('{"key": "x", "status": "ok"}\n')  # a finished image
+
+    (tmp_path / "coca_tiny.pt").write_bytes(b"new coca weights")
+    new_meta = runner.run_meta(cfg, source)
+    assert runner.default_out_dir(cfg) != old_dir
+    assert new_meta["weights"]["coca"] != old_meta["weights"]["coca"]
+    assert new_meta["weights"]["sam"] == old_meta["weights"]["sam"]
+    with pytest.raises(runner.PseudoRISError, match="different run configuration"):
+        check_meta(store, new_meta, write=False)
+    # GT masks read no SAM file; open_clip tags (no file) add nothing, so such stores keep their identity
+    assert set(runner.run_meta(_cfg("generator/captioner=synthref_shipped", "masks=gt"), source)["weights"]) == {"coca"}
+    assert "weights" not in runner.run_meta(_cfg("sam.checkpoint=null"), source)

@@ -6,6 +6,7 @@ atomic on POSIX and Windows, so readers see either the old complete file or the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -103,3 +104,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if line:
                 rows.append(json.loads(line))
     return rows
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes (hex), read in 1 MiB blocks: identifies weights by content, not by name."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

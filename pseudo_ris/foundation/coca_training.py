@@ -9,7 +9,10 @@ objects it fits above the others (arXiv 2407.07412, Sec. 3.3).
 
 Crops are the generator's own four views (`pseudo_ris.crops.make_views`), one random view per object, so training
 and pseudo-labelling see the same pixels. The contrastive text is sometimes rewritten to the DoC correctness prompt
-"a photo of a {noun phrase}" so the scorer understands the prompt it is queried with.
+"a photo of a {noun phrase}" so the scorer understands the prompt it is queried with. With ``sam_like_prob`` > 0
+some crops are cut from imperfect, SAM-like masks (`pseudo_ris.foundation.data.sam_like_mask`), which is what the
+captioner sees during pseudo-labelling. ``init`` makes a run a fine-tune of a parent recipe, trained first in a
+sub-folder, so a two-stage recipe stays one command and one hash.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import CocaTrainConfig, GenericCaptionConfig, config_dict, config_hash, make_config
+from .config import (CocaTrainConfig, FoundationConfigError, GenericCaptionConfig, config_dict, config_hash,
+                     make_config)
 from .data import caption_vocabulary, coca_batch, compatible, scene_at, scene_rng
 from .loop import adamw_without_norm_decay, clamp_logit_scale, cosine_lr, run_loop, write_recipe
 
@@ -62,6 +66,20 @@ def coca_step_loss(bundle: Any, images: torch.Tensor, captions: list[str], texts
             "logit_scale": out["logit_scale"].detach()}
 
 
+def parent_run(cfg: CocaTrainConfig, out_dir: Path, progress: bool = True) -> tuple[Path, int]:
+    """Weights of ``cfg.init`` (trained into ``<out_dir>/init-<hash>`` unless finished there) and its step count."""
+    from .registry import finished_weights
+
+    parent = make_config(CocaTrainConfig, cfg.init)
+    if parent.arch != cfg.arch:
+        raise FoundationConfigError(f"coca.init.arch={parent.arch!r} differs from coca.arch={cfg.arch!r}")
+    run_dir = out_dir / f"init-{config_hash(parent)}"
+    weights = finished_weights(run_dir)
+    if weights is None:
+        weights = train_coca(parent, out_dir=run_dir, progress=progress)
+    return weights, parent.steps
+
+
 def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = "outputs/foundation/coca",
                progress: bool = True, **overrides: Any) -> Path:
     """Train (or resume) the tiny CoCa; returns a checkpoint loadable by ``load_coca(arch, pretrained=path)``."""
@@ -70,14 +88,21 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
     cfg = make_config(CocaTrainConfig, cfg, **overrides)
     caption_cfg = make_config(GenericCaptionConfig, cfg.captions or None)
     out_dir = Path(out_dir)
+    parent_weights, offset = None, 0
+    if cfg.init:  # fine-tune: the parent recipe first (reused when finished, resumed when not)
+        parent_weights, offset = parent_run(cfg, out_dir, progress)
     torch.manual_seed(cfg.seed)
-    bundle = load_coca(cfg.arch, tokenizer=synthref_tokenizer())
+    if parent_weights is None:
+        bundle = load_coca(cfg.arch, tokenizer=synthref_tokenizer())
+    else:
+        bundle = load_coca(cfg.arch, pretrained=parent_weights)  # carries the parent's word tokenizer
     model = bundle.model
     optimizer, params = adamw_without_norm_decay(model, cfg.lr, cfg.weight_decay)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        rng = scene_rng("coca_sampling", cfg.seed, step)
-        scenes = (scene_at("coca_train", cfg.seed, step * 1000 + i, cfg.scene) for i in range(1000))
+        at = offset + step  # a fine-tune continues the parent's streams: scenes it has not seen
+        rng = scene_rng("coca_sampling", cfg.seed, at)
+        scenes = (scene_at("coca_train", cfg.seed, at * 1000 + i, cfg.scene) for i in range(1000))
         batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size, cfg.objects_per_scene, caption_cfg,
                            cfg.prompt_text_prob, cfg.sam_like_prob)
         positives = compatible(batch.stated, batch.objects)

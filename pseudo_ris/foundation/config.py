@@ -48,7 +48,7 @@ class SamTrainConfig:
 
 @dataclass
 class CocaTrainConfig:
-    """Tiny CoCa trained on object crops with generic captions."""
+    """Tiny CoCa trained on object crops with generic captions (the defaults: the shipped recipe)."""
 
     arch: str = "coca_tiny"            # project model config name for pseudo_ris.captioning.coca.load_coca
     steps: int = 1500
@@ -68,6 +68,9 @@ class CocaTrainConfig:
     stop_after: int | None = None
     captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
     scene: dict = field(default_factory=dict)
+    # fine-tuning: a parent recipe (CocaTrainConfig keys) trained first, into <out>/init-<its hash>; this run starts
+    # from its weights and continues its scene stream after the parent's last step ({}: random init)
+    init: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -75,9 +78,9 @@ class ClipTrainConfig:
     """The CLIP stand-in (tiny CRIS's encoders, also a DoC scorer) trained contrastively on generated scenes."""
 
     arch: str = "clip_synthref"        # project open_clip config (pseudo_ris/configs)
-    steps: int = 2000
+    steps: int = 1200
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 32
     objects_per_scene: int = 4
     scene_prob: float = 0.25           # whole scenes (as CRIS sees them) besides object views
     lr: float = 1e-3

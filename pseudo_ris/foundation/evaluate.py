@@ -146,10 +146,61 @@ def _words_of(caption: str, vocab: tuple[str, ...]) -> list[str]:
     return [w for w in caption.split() if w in vocab]
 
 
+# The main job's automatic-mask settings (conf/train.yaml's pseudo_labels.generate with conf/generate.yaml).
+SAM_CROP_SETTINGS: dict[str, Any] = {"points_per_side": 8, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8,
+                                     "box_nms_thresh": 0.7, "selection_nms_iou": 0.5}
+
+
+def match_one_to_one(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one (prediction, GT) pairs by decreasing IoU, each pair at IoU >= ``min_iou``, in GT order.
+
+    A duplicate mask of an already matched object is left out, so each object is judged once, on its best mask."""
+    pairs: list[tuple[int, int]] = []
+    used_pred: set[int] = set()
+    used_gt: set[int] = set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        p, g = np.unravel_index(int(flat), iou.shape)
+        if iou[p, g] < min_iou:
+            break
+        if p not in used_pred and g not in used_gt:
+            pairs.append((int(p), int(g)))
+            used_pred.add(int(p))
+            used_gt.add(int(g))
+    return sorted(pairs, key=lambda pg: pg[1])
+
+
+def sam_crop_masks(sam_source: Any, scene: Any, min_iou: float = 0.5) -> tuple[np.ndarray, list[int]]:
+    """The automatic masks of ``scene`` that match a GT object (`match_one_to_one`) and the object index of each."""
+    found = sam_source(scene.image)
+    gt = np.stack([o.mask for o in scene.objects])
+    if not found:
+        return np.zeros((0,) + gt.shape[1:], bool), []
+    pred = np.stack([m.mask for m in found])
+    pairs = match_one_to_one(mask_iou_matrix(pred, gt), min_iou)
+    return (pred[[p for p, _ in pairs]] if pairs else np.zeros((0,) + gt.shape[1:], bool)), [g for _, g in pairs]
+
+
+def _shipped_sam_source(sam_checkpoint: str | Path | None, settings: dict[str, Any]) -> Any:
+    from ..masks.sam import build_sam
+    from ..masks.source import SamMaskSource, SelectionConfig
+    from .registry import shipped_paths
+
+    opts = dict(settings)
+    selection = SelectionConfig(nms_iou=float(opts.pop("selection_nms_iou")))
+    sam = build_sam("tiny", checkpoint=sam_checkpoint or shipped_paths()["sam"])
+    return SamMaskSource(sam, selection=selection, **opts)
+
+
 def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images: int = 100, seed: int = 0,
-                  samples_per_crop: int = 3, out_path: str | Path | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  samples_per_crop: int = 3, masks: str = "gt", sam_checkpoint: str | Path | None = None,
+                  sam_settings: dict[str, Any] | None = None, match_iou: float = 0.5,
+                  out_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Caption and contrastive quality of a tiny CoCa on held-out objects (all 4 generator views).
+
+    ``masks="gt"`` crops every object with its exact mask. ``masks="sam"`` crops what pseudo-labelling sees: the
+    masks of a tiny SAM's automatic generator (``sam_checkpoint``, default the shipped one, at ``sam_settings``,
+    default the main job's `SAM_CROP_SETTINGS`) matched one-to-one to objects at mask IoU >= ``match_iou``; each
+    matched object is judged by the crops of its mask, unmatched objects are left out (``sam_matched_share``).
 
     - greedy captions: shape-word accuracy; how often colour / size are mentioned and how often they are right;
     - sampled captions (plain, T=1): the same, what distinctive sampling has to work with;
@@ -163,6 +214,10 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
     from ..synthref.vocab import COLOURS, SHAPES, SIZES
     from .data import object_views
 
+    if masks not in ("gt", "sam"):
+        raise ValueError(f"masks={masks!r}: choose gt or sam")
+    settings = {**SAM_CROP_SETTINGS, **(sam_settings or {})}
+    sam_source = _shipped_sam_source(sam_checkpoint, settings) if masks == "sam" else None
     bundle = load_coca(arch or _stored_name(checkpoint), pretrained=checkpoint)
     model, tok = bundle.model.eval(), bundle.tokenizer
     gen = torch.Generator().manual_seed(seed)
@@ -180,11 +235,19 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
                                           "f_colour", "f_size", "f_shape", "z_colour", "z_size", "z_shape")}
     retrieval_hits, retrieval_n, pos_cos, neg_cos = 0, 0, [], []
     examples: list[dict] = []
-    for i in tqdm(range(num_images), desc="eval coca", disable=not progress):
+    n_gt_objects = 0
+    for i in tqdm(range(num_images), desc=f"eval coca ({masks} masks)", disable=not progress):
         scene = scene_at("coca_eval", seed, i)
-        masks = np.stack([o.mask for o in scene.objects])
-        views = object_views(scene.image, masks, bundle.image_size)  # [N, 4, 3, S, S]
-        n = len(scene.objects)
+        n_gt_objects += len(scene.objects)
+        if sam_source is None:
+            crop_masks, objects = np.stack([o.mask for o in scene.objects]), list(scene.objects)
+        else:
+            crop_masks, index = sam_crop_masks(sam_source, scene, match_iou)
+            objects = [scene.objects[g] for g in index]
+            if not objects:
+                continue
+        views = object_views(scene.image, crop_masks, bundle.image_size)  # [N, 4, 3, S, S]
+        n = len(objects)
         pixels = bundle.preprocess(views.flatten(0, 1))
         with torch.no_grad():
             latents, image_embs = model._encode_image(pixels)
@@ -193,7 +256,7 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
         sampled = [greedy_captions(bundle, pixels, temperature=1.0, generator=gen) for _ in range(samples_per_crop)]
         sims = latents @ text_feats.t()  # [N*4, 144]
         for row in range(len(pixels)):
-            obj, v = scene.objects[row // n_views], row % n_views
+            obj, v = objects[row // n_views], row % n_views
             truth = {"colour": obj.colour, "size": obj.size, "shape": obj.shape}
             acc["n"][v] += 1
             for prefix, caps in (("g", [greedy[row]]), ("s", [s[row] for s in sampled])):
@@ -217,7 +280,7 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
             if len(examples) < 24 and v == 3:
                 examples.append({"truth": truth, "greedy": greedy[row], "samples": [s[row] for s in sampled]})
         # in-scene retrieval with each object's full text against the margin-1.2 crops (view 3)
-        triples = [(o.size, o.colour, o.shape) for o in scene.objects]
+        triples = [(o.size, o.colour, o.shape) for o in objects]
         crop_lat = latents.view(n, n_views, -1)[:, 3]
         for k, triple in enumerate(triples):
             t_feat = text_feats[full_attrs.index(triple)]
@@ -248,7 +311,7 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
         return round(float(acc[num].sum()) / max(float(acc[den].sum()), 1), 4)
 
     summary = {
-        "objects": int(acc["n"][0]), "num_images": num_images,
+        "masks": masks, "objects": int(acc["n"][0]), "num_images": num_images,
         "greedy_shape_acc": overall("g_shape"),
         "greedy_colour_mentioned": overall("g_colour_m"),
         "greedy_size_mentioned": overall("g_size_m"),
@@ -263,6 +326,9 @@ def evaluate_coca(checkpoint: str | Path, *, arch: str | None = None, num_images
         "cosine_unmatched_mean": round(float(np.mean(neg_cos)), 4) if neg_cos else None,
         "cosine_min": round(float(min(pos_cos + neg_cos)), 4),
     }
+    if masks == "sam":
+        summary.update(sam_matched_share=round(int(acc["n"][0]) / max(n_gt_objects, 1), 4), match_iou=match_iou,
+                       sam_settings=settings)
     report = {"summary": summary, "per_view": per_view, "views": ["masked", "box1.0", "box1.1", "box1.2"],
               "examples": examples, "checkpoint": str(checkpoint)}
     if out_path is not None:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from pseudo_ris.data.errors import PseudoRISError
-from pseudo_ris.data.io import atomic_write_json
+from pseudo_ris.data.io import atomic_write_json, file_digest
 from pseudo_ris.data.locks import directory_lock
 from pseudo_ris.filtering.doc import FilterPolicy
 from pseudo_ris.filtering.nouns import build_noun_extractor
@@ -197,16 +197,40 @@ def build_pipeline(cfg: Mapping[str, Any], source: ImageSource) -> PseudoLabelPi
                                spatial=spatial)
 
 
+def weights_identity(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Content digests of the weight files a generation run reads (captioner, scorer, SAM when masks need it).
+
+    A name such as ``pretrained=shipped`` stays the same when the shipped file is replaced; the digest does not, so
+    new weights get a new default store and a store made with other weights is not resumed with these."""
+    gen = cfg["generator"]
+    named = {"coca": (gen["captioner"].get("pretrained"), "coca"),
+             "scorer": ((gen.get("scorer") or {}).get("pretrained"), "clip")}
+    if cfg.get("masks") in ("sam", "external"):
+        named["sam"] = ((cfg.get("sam") or {}).get("checkpoint"), "sam")
+    out = {}
+    for kind, (given, shipped_kind) in named.items():
+        try:
+            value = resolve_weights(given, shipped_kind)
+        except (KeyError, PseudoRISError):  # shipped weights missing: validation names them later
+            continue
+        if value not in (None, "") and _weights_path(value) and Path(str(value)).expanduser().is_file():
+            out[kind] = file_digest(Path(str(value)).expanduser())[:16]
+    return out
+
+
 def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
     """What must not change when a store is resumed (else rows of two setups would mix)."""
     gen = cfg["generator"]
+    weights = weights_identity(cfg)
     return {"source": source.description, "image_dir": str(Path(source.image_dir).resolve()),
             "masks": cfg["masks"], "sam": {k: v for k, v in (cfg.get("sam") or {}).items()},
             "selection": cfg.get("selection"), "captioner": gen["captioner"], "scorer": gen["scorer"],
             "decoding": cfg.get("decoding"), "seed": cfg.get("seed", 0), "num_shards": int(cfg.get("num_shards", 1)),
             "nouns": {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")},
             # only when on: stores made before spatial phrases existed stay resumable
-            **({"spatial": cfg["spatial"]} if (cfg.get("spatial") or {}).get("enabled") else {})}
+            **({"spatial": cfg["spatial"]} if (cfg.get("spatial") or {}).get("enabled") else {}),
+            # only for weight files (stores made before weights were recorded stay resumable)
+            **({"weights": weights} if weights else {})}
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
@@ -316,11 +340,15 @@ def filter_stage(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
 
 def default_out_dir(cfg: Mapping[str, Any]) -> str:
     """``outputs/generate/<dataset>_<source>_<masks>_<captioner>_<n>shards_<hash>``: one folder per generation
-    setup (the options that change the stored candidates), so different commands never share a store, while a
-    re-filter (``filter.*``), more images (``max_images``) or another shard of the same setup land in the same one."""
+    setup (the options and weight files that change the stored candidates), so different commands never share a
+    store, while a re-filter (``filter.*``), more images (``max_images``) or another shard of the same setup land in
+    the same one."""
     keyed = {k: cfg.get(k) for k in ("source", "dataset", "split", "data_root", "image_dir", "synthref", "masks",
                                      "sam", "selection", "external", "generator", "decoding", "seed", "num_shards")}
     keyed["nouns"] = {k: (cfg.get("filter") or {}).get(k) for k in ("nouns", "keep_modifiers")}
+    weights = weights_identity(cfg)
+    if weights:  # weight files by content (see weights_identity); open_clip tags keep their old folders
+        keyed["weights"] = weights
     digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
     dataset = cfg["dataset"]["name"] if isinstance(cfg["dataset"], Mapping) else str(cfg["dataset"])
     cap = cfg["generator"]["captioner"]
