@@ -73,6 +73,7 @@ def auto_pseudo_root(cfg: Mapping[str, Any], data_root: Path, generate_cfg: Mapp
 
     cache_dir = Path(str(cfg.get("cache_dir", "~/.cache/pseudo_ris"))).expanduser()
     options = _plain(cfg.get("pseudo_labels"))
-    foundation = ensure_foundation_models(cache_dir / "foundation", retrain=bool(options.get("retrain_foundation")))
+    foundation = ensure_foundation_models(cache_dir / "foundation", retrain=bool(options.get("retrain_foundation")),
+                                          kinds=("sam", "coca"))  # the pseudo-label generator's models
     return ensure_pseudo_labels(_plain(generate_cfg), data_root=data_root, cache_dir=cache_dir,
                                 foundation=foundation)

@@ -135,6 +135,9 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
                   "fpn_in": (512, 1024, 512), "word_dim": 512},
     "cris_tiny": {
         **_CRIS_COMMON,
+        # Starts from the SynthRef CLIP stand-in shipped in pseudo_ris/assets/foundation (as CRIS starts from OpenAI
+        # CLIP RN50); False = random init
+        "pretrained": True,
         "clip_arch": "RN50",
         # A ResNet with one bottleneck per stage, width 16 -> C3/C4/C5 = 128/256/(embed) channels.
         "clip_overrides": {
@@ -151,7 +154,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "dim_ffn": 128,
         "dropout": 0.0,
         "input_size": 128,
-        "backbone_lr_mult": 1.0,  # random-init encoders train at the full rate
+        "backbone_lr_mult": 1.0,  # the tiny encoders (stand-in or random init) train at the full rate
     },
     "lavt_swin_b": dict(
         model_type="lavt",
@@ -276,7 +279,16 @@ def check_weight_sources(name: str, allow_download: bool = False, **overrides: A
         return
     cfg = {**MODEL_REGISTRY[name], **{k: v for k, v in overrides.items() if v is not None}}
     tag = cfg.get("pretrained")
-    if cfg["model_type"] == "cris" and tag and "/" not in str(tag) and not Path(str(tag)).suffix:
+    if cfg["model_type"] == "cris" and tag is True:  # the shipped stand-in has the tiny CRIS's encoders only
+        tiny = MODEL_REGISTRY["cris_tiny"]
+        if (cfg["clip_arch"], cfg.get("clip_overrides")) != (tiny["clip_arch"], tiny["clip_overrides"]):
+            raise ModelConfigError(f"model.pretrained=true (the shipped SynthRef CLIP stand-in) fits cris_tiny's "
+                                   f"encoders only, not {name}'s; give an open_clip tag or a CLIP file, or "
+                                   "model.pretrained=false for random init")
+        from pseudo_ris.foundation.registry import shipped_paths
+
+        shipped_paths()  # a package installed without its data says so here, before any data is prepared
+    if cfg["model_type"] == "cris" and isinstance(tag, str) and "/" not in tag and not Path(tag).suffix:
         import open_clip
 
         if str(tag) in open_clip.list_pretrained_tags_by_model(cfg["clip_arch"]):  # unknown tags: the builder says

@@ -38,10 +38,11 @@ def test_trained_file_loads_into_tiny_cris_and_as_a_scorer(few_step_weights):
 
     state = torch.load(few_step_weights, map_location="cpu", weights_only=True)
     fresh = build_clip().state_dict()
-    assert set(state) == set(fresh) and any(not torch.equal(state[k], fresh[k]) for k in state)
+    assert set(state) == set(fresh) and any(not torch.equal(state[k].float(), fresh[k].float()) for k in state)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())  # half: a small file
     model = build_model("cris_tiny", pretrained=str(few_step_weights))
     conv = model.image_encoder.visual.conv1.weight if hasattr(model.image_encoder.visual, "conv1") else None
-    assert conv is not None and torch.equal(conv, state["visual.conv1.weight"])
+    assert conv is not None and conv.dtype == torch.float32 and torch.equal(conv, state["visual.conv1.weight"].float())
     scorer = ClipScorer.from_open_clip("clip_synthref", few_step_weights)
     views = torch.rand(3, 3, 128, 128)
     logits = scorer.logits(scorer.image_features(views), scorer.text_features(["a red circle", "a blue star"]))
@@ -116,3 +117,28 @@ def test_command_line_trains_and_reports(tmp_path):
     bad = subprocess.run(cmd[:2] + ["model=clipz", f"hydra.run.dir={tmp_path / 'h2'}"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "clipz" in bad.stderr and "is not one of" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tiny_cris_starts_from_the_shipped_standin_unless_told_otherwise():
+    from pseudo_ris.foundation.registry import shipped_paths
+    from ris_models.registry import ModelConfigError, build_model, check_weight_sources
+
+    shipped = torch.load(shipped_paths()["clip"], map_location="cpu", weights_only=True)
+    default = build_model("cris_tiny")  # model.pretrained defaults to true for the tiny CRIS
+    visual, text = default.image_encoder.visual, default.text_encoder
+    assert torch.equal(visual.conv1.weight, shipped["visual.conv1.weight"].float())
+    assert torch.equal(visual.layer4[0].conv3.weight, shipped["visual.layer4.0.conv3.weight"].float())
+    token = next(p for n, p in text.named_parameters() if n.endswith("token_embedding.weight"))
+    assert torch.equal(token, shipped["token_embedding.weight"].float())
+    scratch = build_model("cris_tiny", pretrained=False)
+    assert not torch.equal(scratch.image_encoder.visual.conv1.weight, visual.conv1.weight)
+    rebuilt = build_model(**default.config, load_pretrained=False)  # a checkpoint's rebuild reads no weights
+    assert not torch.equal(rebuilt.image_encoder.visual.conv1.weight, visual.conv1.weight)
+    # the stand-in fits the tiny encoders only: other shapes are refused by name, before and at build time
+    with pytest.raises(ModelConfigError, match="cris_tiny"):
+        check_weight_sources("cris_r50", pretrained=True)
+    check_weight_sources("cris_tiny", pretrained=True)
+    wider = {"embed_dim": 128, "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 32},
+             "text_cfg": {"context_length": 17, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
+    with pytest.raises(ModelConfigError, match="fits the cris_tiny architecture only"):
+        build_model("cris_tiny", clip_overrides=wider, fpn_in=(256, 512, 128))

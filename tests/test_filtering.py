@@ -7,6 +7,7 @@ import torch
 
 from pseudo_ris.filtering import (ClipScorer, FilterPolicy, RuleNounExtractor, ScorerLoadError,
                                   build_noun_extractor, doc_scores, noun_prompt, rescore, select_candidates)
+from pseudo_ris.filtering.doc import doc_scores_rows
 
 torch.set_num_threads(1)
 
@@ -153,3 +154,23 @@ def test_spacy_extractor_when_available():
     except OSError:
         pytest.skip("spaCy model en_core_web_sm not installed")
     assert ext("a small red circle on the left").head == "circle"
+
+
+def test_doc_scores_rows_equal_the_per_row_scores_bit_for_bit():
+    import random
+    rng = random.Random(3)
+    for transform in ("logit", "exp"):
+        for n in (1, 2, 5):
+            M = [[rng.choice([0.0, -0.0, 2.5, -1.25, rng.uniform(-40, 40), 1e300]) for _ in range(n)] for _ in range(60)]
+            C = [[rng.choice([0.0, -0.0, 3.0, rng.uniform(-40, 40), 1e-300]) for _ in range(n)] for _ in range(60)]
+            M[0] = [7] * n  # ints, a tie with itself
+            C[0] = [7.0] * n
+            masks = [rng.randrange(n) for _ in range(60)]
+            got = doc_scores_rows(M, C, masks, transform)
+            want = [doc_scores(m, c, i, transform) for m, c, i in zip(M, C, masks)]
+            assert repr(got) == repr(want), transform  # repr: nan == nan, -0.0 vs 0.0, inf signs
+    # not one finite matrix: left to the per-row path
+    assert doc_scores_rows([[1.0, math.inf]], [[1.0, 2.0]], [0]) is None
+    assert doc_scores_rows([[1.0, 2.0], [1.0]], [[1.0, 2.0], [1.0]], [0, 0]) is None
+    assert doc_scores_rows([[1.0, 2.0]], [[1.0, 2.0]], [2]) is None
+    assert doc_scores_rows([[1.0, None]], [[1.0, 2.0]], [0]) is None

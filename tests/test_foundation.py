@@ -296,7 +296,8 @@ def test_shipped_weights_load_and_are_small():
     from pseudo_ris.masks.sam import build_sam
 
     paths = ensure_foundation_models(ROOT / ".cache-unused", retrain=False)
-    assert set(paths) == {"sam", "coca"}
+    assert set(paths) == {"sam", "coca", "clip"}
+    assert set(ensure_foundation_models(ROOT / ".cache-unused", kinds=("sam", "coca"))) == {"sam", "coca"}
     for path in paths.values():
         assert path.is_file() and path.stat().st_size < 10 * 2 ** 20
         assert "assets" in path.parts  # inside the package
@@ -313,7 +314,9 @@ def test_shipped_recipes_are_the_current_defaults():
     """retrain=True must reproduce the shipped recipe; a changed default needs new shipped weights."""
     from pseudo_ris.foundation.registry import shipped_recipe
 
-    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig)):
+    from pseudo_ris.foundation.config import ClipTrainConfig
+
+    for kind, cls in (("sam", SamTrainConfig), ("coca", CocaTrainConfig), ("clip", ClipTrainConfig)):
         recipe = shipped_recipe(kind)
         assert recipe, f"{kind}_recipe.json missing next to the shipped weights"
         assert config_hash(make_config(cls, recipe)) == config_hash(cls())
@@ -336,11 +339,31 @@ def test_ensure_retrain_caches_by_recipe(tmp_path, monkeypatch):
 
     monkeypatch.setattr(foundation, "train_sam", fake_train("sam"))
     monkeypatch.setattr(foundation, "train_coca", fake_train("coca"))
-    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST)
-    assert first == again and calls == ["sam", "coca"]  # the second call reuses the finished runs
-    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST)
-    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "sam"]
+    monkeypatch.setattr(foundation, "train_clip", fake_train("clip"))
+    first = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    again = ensure_foundation_models(tmp_path, retrain=True, sam=SAM_FAST, coca=COCA_FAST, clip={"steps": 3})
+    assert first == again and calls == ["sam", "coca", "clip"]  # the second call reuses the finished runs
+    other = ensure_foundation_models(tmp_path, retrain=True, sam=dict(SAM_FAST, seed=5), coca=COCA_FAST,
+                                     clip={"steps": 3})
+    assert other["sam"] != first["sam"] and calls == ["sam", "coca", "clip", "sam"]
+    only = ensure_foundation_models(tmp_path, retrain=True, kinds=("coca",), coca=dict(COCA_FAST, seed=7))
+    assert set(only) == {"coca"} and calls[-1] == "coca" and len(calls) == 5
+
+
+def test_a_run_its_recipe_exports_part_way_counts_as_finished(tmp_path):
+    from pseudo_ris.foundation.registry import finished_weights
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+
+    def record(done, stop_after):
+        (tmp_path / "recipe.json").write_text(json.dumps({"weights": "w.pt", "config": {"stop_after": stop_after},
+                                                          "runs": [{"steps_done": done, "schedule_steps": 1200}]}))
+        return finished_weights(tmp_path)
+
+    assert record(600, 600) == tmp_path / "w.pt"  # the shipped CLIP's recipe: step 600 of a 1,200-step schedule
+    assert record(500, 600) is None  # interrupted before its export step: resume
+    assert record(600, None) is None  # the whole schedule was asked for
+    assert record(1200, None) == tmp_path / "w.pt"
 
 
 # --- CoCa quality on crops of automatic masks ------------------------------------------------------------------------

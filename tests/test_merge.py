@@ -169,3 +169,41 @@ def test_stream_writer_pickle_loads_as_one_list(tmp_path):
     inst = json.loads((tmp_path / "d" / "instances.json").read_text())
     assert len(inst["images"]) == 5 and len(inst["annotations"]) == 5
     assert StoreIndex.build(tmp_path).entries == []
+
+
+def test_synthetic_rows_are_canonical_json(tmp_path):
+    write_synthetic_store(tmp_path, 3, masks_per_image=2, candidates_per_mask=3, num_shards=2, height=20, width=30)
+    lines = [line for p in sorted(tmp_path.glob("*.jsonl")) for line in p.read_text().splitlines()]
+    assert len(lines) == 3 + 3 * 2 * 3
+    assert all(json.dumps(json.loads(line)) == line for line in lines)
+
+
+def test_dumps_updated_reuses_the_stored_text_and_equals_json_dumps():
+    from pseudo_ris.generation.store import dumps_updated
+    old = {"mask_rle": {"size": [2, 3], "counts": "a\\b"}, "M_all": [1.5, 2.25], "text": "the \"red\" dog",
+           "doc": None, "correctness": 1.5, "key": "7"}
+    line = json.dumps(old)
+    new = {**old, "doc": 2.0, "correctness": 3.5}
+    new["kept"], new["reason"] = True, "pass"
+    assert dumps_updated(line, old, new) == json.dumps(new)
+    assert dumps_updated(line, old, {**old, "kept": False}) == json.dumps({**old, "kept": False})
+    assert dumps_updated(line, old, dict(old)) == line
+    # the reused head is taken from the stored text: a marker placed there survives ...
+    marked = line.replace("[1.5, 2.25]", "[1.50, 2.25]")
+    out = dumps_updated(marked, old, new)
+    assert "[1.50, 2.25]" in out and json.loads(out) == new and list(json.loads(out)) == list(new)
+    # ... but only once the rest of the text is exactly the encoding of the replaced items
+    for other in (line.replace('"doc": null', '"doc":null'), line.replace('"key": "7"', '"key": "8"'), None):
+        assert dumps_updated(other, old, new) == json.dumps(new)
+    assert dumps_updated(line, old, {"kept": True, **old}) == json.dumps({"kept": True, **old})  # other key order
+
+
+def test_median_sketch_extend_equals_adds():
+    values = [(-1) ** i * (i * 0.37 + 0.01) for i in range(3001)] + [0.0, -0.0, 1e-300, -5e300]
+    one, many = writer.MedianSketch(exact_limit=1000), writer.MedianSketch(exact_limit=1000)
+    for v in values:
+        one.add(v)
+    for i in range(0, len(values), 700):
+        many.extend(values[i:i + 700])
+    assert one.bins == many.bins and one.n == many.n == len(values) and one.median() == many.median()
+    assert dict(one.bins) == dict(__import__("collections").Counter(writer.MedianSketch._bin(v) for v in values))

@@ -1,5 +1,6 @@
 """Many processes, one result: generation spread over 2 processes (torchrun, or SLURM's environment) and merged
-equals a single-process run with the same seed; the launcher environment maps to shards."""
+equals a single-process run with the same seed (torchrun in the default suite: 3 tiny images, 2 short decodings per
+view; the one-process reference and the merge run in the test's process); the launcher environment maps to shards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
+from pseudo_ris.generation import runner
 from pseudo_ris.generation.launch import LaunchError, launcher_shard
 from pseudo_ris.synthref import build_synthref
 
@@ -42,30 +45,51 @@ def _dataset(out: Path) -> tuple[bytes, list, list]:
     return (out / "pseudo" / "instances.json").read_bytes(), refs, cands
 
 
-@pytest.mark.slow  # 6 tool processes: ~100 CPU-seconds
-def test_two_processes_merged_equal_one_process(tmp_path):
-    data = tmp_path / "synthref"
-    build_synthref(data, seed=0, num_images=0, pool_images=5, progress=False)
-    single, multi, slurm = tmp_path / "single", tmp_path / "multi", tmp_path / "slurm"
-    _generate(f"data_root={data}", f"out_dir={single}")
-    # torchrun: RANK / WORLD_SIZE per process, one shard each
-    _generate("stage=generate", "shard=auto", f"data_root={data}", f"out_dir={multi}",
-              launcher=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"])
-    assert sorted(p.name for p in multi.glob("images.shard*")) == ["images.shard0of2.jsonl", "images.shard1of2.jsonl"]
-    _generate("stage=filter", "num_shards=2", f"data_root={data}", f"out_dir={multi}")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+
+
+def _run_here(*overrides: str) -> dict:
+    """The tool's run in this process (same config composition): the one-process reference and the merge, without
+    paying a process start and the model imports again."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=[*FAST, *overrides])
+    return runner.run(runner._plain(cfg))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("synthref")
+    build_synthref(data, seed=0, num_images=0, pool_images=3, progress=False)  # 3 images: 2 + 1 per shard
+    return data
+
+
+def test_torchrun_two_processes_merged_equal_one_process(pool, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    _run_here(f"data_root={pool}", f"out_dir={single}")
+    # torchrun: RANK / WORLD_SIZE per process, one shard each, both processes at once
+    _generate("stage=generate", "shard=auto", f"data_root={pool}", f"out_dir={multi}", launcher=TORCHRUN)
+    done = {p.name: len(p.read_text().splitlines()) for p in multi.glob("images.shard*")}
+    assert done == {"images.shard0of2.jsonl": 2, "images.shard1of2.jsonl": 1}
+    _run_here("stage=filter", "num_shards=2", f"data_root={pool}", f"out_dir={multi}")
+    reference = _dataset(single)
+    assert reference[1] and reference[2]
+    assert _dataset(multi) == reference
+
+
+@pytest.mark.slow  # 2 more tool processes: doubles the torchrun test's time
+def test_srun_two_processes_merged_equal_one_process(pool, tmp_path):
+    single, slurm = tmp_path / "single", tmp_path / "slurm"
+    _run_here(f"data_root={pool}", f"out_dir={single}")
     # srun, simulated: two processes started together with SLURM_PROCID / SLURM_NTASKS
     procs = [subprocess.Popen([sys.executable, str(ROOT / "tools" / "generate.py"), *FAST, "stage=generate",
-                               "shard=auto", f"data_root={data}", f"out_dir={slurm}"], cwd=ROOT,
+                               "shard=auto", f"data_root={pool}", f"out_dir={slurm}"], cwd=ROOT,
                               env=_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    _generate("stage=filter", "num_shards=2", f"data_root={data}", f"out_dir={slurm}")
-    reference = _dataset(single)
-    assert reference[1] and reference[2]
-    assert _dataset(multi) == reference
-    assert _dataset(slurm) == reference
+    _run_here("stage=filter", "num_shards=2", f"data_root={pool}", f"out_dir={slurm}")
+    assert _dataset(slurm) == _dataset(single)
 
 
 def test_launcher_environment_maps_to_shards():

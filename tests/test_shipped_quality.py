@@ -73,6 +73,16 @@ def test_assets_readme_quotes_the_shipped_reports():
     assert m and _close(m.group(1), COCA["in_scene_retrieval_acc"], 3)
 
 
+def test_assets_readme_quotes_the_clip_report():
+    text = (ASSETS / "README.md").read_text()
+    clip = _report("clip_quality.json")
+    for label, key in (("zero-shot shape", "zeroshot_shape_acc"), ("zero-shot colour", "zeroshot_colour_acc"),
+                       ("in-scene retrieval", "in_scene_retrieval_acc")):
+        m = re.search(r"\| " + label + r"[^|]*\| ([0-9.]+) \|", text)
+        assert m, f"assets README: the CLIP row {label!r} is missing"
+        assert _close(m.group(1), clip[key], 3), key
+
+
 # ---------------------------------------------------------------- SAM, re-measured
 
 
@@ -232,6 +242,89 @@ def test_shipped_coca_quality_on_sam_crops_of_a_few_scenes():
 @pytest.mark.slow
 def test_shipped_coca_quality_on_more_scenes():
     _check_coca(measure_coca(30), margin=0.06)
+
+
+# ---------------------------------------------------------------- CLIP stand-in, re-measured
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _square_crop(image: np.ndarray, mask: np.ndarray, margin: float, masked: bool, size: int) -> torch.Tensor:
+    """The object's box scaled by ``margin`` about its centre (pixels off the mask greyed when ``masked``), centred on
+    a mean-colour square, resized with PIL: a crop written for the test, not the generator's."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(mask)
+    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    hw, hh = (xs.max() + 1 - xs.min()) * margin / 2, (ys.max() + 1 - ys.min()) * margin / 2
+    x0, y0 = max(0, int(np.floor(cx - hw))), max(0, int(np.floor(cy - hh)))
+    x1, y1 = min(image.shape[1], int(np.ceil(cx + hw))), min(image.shape[0], int(np.ceil(cy + hh)))
+    fill = np.array(CLIP_MEAN) * 255
+    crop = image[y0:y1, x0:x1].astype(np.float64)
+    if masked:
+        crop = np.where(mask[y0:y1, x0:x1, None], crop, fill)
+    side = max(crop.shape[:2])
+    canvas = np.tile(fill, (side, side, 1))
+    top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    canvas[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+    pil = Image.fromarray(canvas.round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    t = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (t - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+def measure_clip(n_scenes: int) -> dict:
+    import itertools
+
+    import open_clip
+
+    from pseudo_ris.captioning.coca import _register_project_configs
+    from pseudo_ris.foundation.data import scene_at
+    from pseudo_ris.foundation.registry import shipped_paths
+    from pseudo_ris.synthref.vocab import COLOURS, SHAPES
+
+    _register_project_configs()  # the clip_synthref architecture file (configs only)
+    model = open_clip.create_model("clip_synthref", pretrained=str(shipped_paths()["clip"])).eval()
+    tok = open_clip.get_tokenizer("clip_synthref")
+    pairs = list(itertools.product(COLOURS, SHAPES))
+    n = shape_ok = colour_ok = picked = unique = 0
+    with torch.no_grad():
+        prompts = model.encode_text(tok([f"a photo of a {c} {s}" for c, s in pairs]), normalize=True)
+        for i in range(n_scenes):
+            scene = scene_at("clip_eval", 0, i)
+            objs = scene.objects
+            masked = torch.stack([_square_crop(scene.image, o.mask, 1.0, True, 128) for o in objs])
+            context = torch.stack([_square_crop(scene.image, o.mask, 1.2, False, 128) for o in objs])
+            best = (model.encode_image(masked, normalize=True) @ prompts.T).argmax(1)
+            for k, o in enumerate(objs):
+                n += 1
+                shape_ok += pairs[int(best[k])][1] == o.shape
+                colour_ok += pairs[int(best[k])][0] == o.colour
+            texts = model.encode_text(tok([f"a {o.colour} {o.shape}" for o in objs]), normalize=True)
+            sims = model.encode_image(context, normalize=True) @ texts.T
+            for k, o in enumerate(objs):  # a caption naming one object only: is that object its best crop?
+                if len(objs) > 1 and sum((p.colour, p.shape) == (o.colour, o.shape) for p in objs) == 1:
+                    unique += 1
+                    picked += int(sims[:, k].argmax()) == k
+    return {"shape": shape_ok / n, "colour": colour_ok / n, "retrieval": picked / max(unique, 1), "objects": n}
+
+
+def _check_clip(got: dict, margin: float) -> None:
+    clip = _report("clip_quality.json")
+    assert got["shape"] >= clip["zeroshot_shape_acc"] - margin, got
+    assert got["colour"] >= clip["zeroshot_colour_acc"] - margin, got
+    assert got["retrieval"] >= clip["in_scene_retrieval_acc"] - margin, got
+
+
+def test_shipped_clip_quality_on_a_few_scenes():
+    got = measure_clip(4)
+    assert got["objects"] >= 12
+    _check_clip(got, margin=0.15)
+
+
+@pytest.mark.slow
+def test_shipped_clip_quality_on_more_scenes():
+    _check_clip(measure_clip(30), margin=0.06)
 
 
 @pytest.mark.slow

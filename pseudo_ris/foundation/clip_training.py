@@ -78,9 +78,17 @@ def clip_batch(step: int, cfg: ClipTrainConfig, size: int, caption_cfg: GenericC
     return torch.stack(images), texts, positives
 
 
+def half_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights as float16: CLIP's 49,408-word embedding table alone is 12.6 MB in float32, twice the size of the
+    rest; half precision keeps the shipped file small (loading casts back to the model's float32)."""
+    return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+            for k, v in model.state_dict().items()}
+
+
 def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = "outputs/foundation/clip",
                progress: bool = True, **overrides: Any) -> Path:
-    """Train (or resume) the CLIP stand-in; returns a state-dict file for ``open_clip.create_model(ARCH, file)``."""
+    """Train (or resume) the CLIP stand-in; returns a (float16) state-dict file for
+    ``open_clip.create_model(ARCH, file)``."""
     import open_clip
 
     from ..data.io import atomic_write_bytes
@@ -89,7 +97,8 @@ def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = 
     caption_cfg = make_config(GenericCaptionConfig, cfg.captions or None)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
-    model = build_clip(cfg.arch)
+    # channels-last: the narrow ResNet's convolutions run ~1.5x faster on a CPU (same weights, same state-dict keys)
+    model = build_clip(cfg.arch).to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     size = int(model.visual.image_size if isinstance(model.visual.image_size, int) else model.visual.image_size[0])
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
@@ -98,7 +107,8 @@ def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = 
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         images, texts, positives = clip_batch(step, cfg, size, caption_cfg)
-        image_features = model.encode_image((images - mean) / std, normalize=True)
+        pixels = ((images - mean) / std).contiguous(memory_format=torch.channels_last)
+        image_features = model.encode_image(pixels, normalize=True)
         text_features = model.encode_text(tokenizer(texts), normalize=True)
         loss = multi_positive_contrastive(image_features, text_features, model.logit_scale.exp(), positives)
         return {"loss": loss, "logit_scale": model.logit_scale.exp().detach()}
@@ -112,7 +122,7 @@ def train_clip(cfg: ClipTrainConfig | dict | None = None, out_dir: str | Path = 
     import io
 
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(half_state_dict(model), buf)
     path = atomic_write_bytes(out_dir / WEIGHTS_NAME, buf.getvalue())
     write_recipe(out_dir, "clip", config_dict(cfg), config_hash(cfg), summary, path.name)
     return path

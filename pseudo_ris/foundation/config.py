@@ -78,9 +78,9 @@ class ClipTrainConfig:
     """The CLIP stand-in (tiny CRIS's encoders, also a DoC scorer) trained contrastively on generated scenes."""
 
     arch: str = "clip_synthref"        # project open_clip config (pseudo_ris/configs)
-    steps: int = 2000
+    steps: int = 1200
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 32
     objects_per_scene: int = 4
     scene_prob: float = 0.25           # whole scenes (as CRIS sees them) besides object views
     lr: float = 1e-3

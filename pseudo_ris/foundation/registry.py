@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.errors import PseudoRISError
-from .config import CocaTrainConfig, SamTrainConfig, config_hash, make_config
+from .config import ClipTrainConfig, CocaTrainConfig, SamTrainConfig, config_hash, make_config
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "foundation"
-SHIPPED_FILES = {"sam": "sam_tiny.pt", "coca": "coca_tiny.pt"}
+SHIPPED_FILES = {"sam": "sam_tiny.pt", "coca": "coca_tiny.pt", "clip": "clip_synthref.pt"}
 
 
 class MissingFoundationWeightsError(PseudoRISError):
@@ -41,21 +41,30 @@ def shipped_recipe(kind: str) -> dict:
     return json.loads(path.read_text()).get("config", {})
 
 
-def ensure_foundation_models(cache_dir: str | Path, retrain: bool = False, *, sam: Any = None, coca: Any = None,
+def ensure_foundation_models(cache_dir: str | Path, retrain: bool = False, *, kinds: tuple[str, ...] | None = None,
+                             sam: Any = None, coca: Any = None, clip: Any = None,
                              progress: bool = True) -> dict[str, Path]:
-    """``{"sam": path, "coca": path}``: shipped weights, or (``retrain``) weights trained into ``cache_dir``.
+    """``{kind: path}`` for ``kinds`` (default: all of sam, coca, clip): shipped weights, or (``retrain``) weights
+    trained into ``cache_dir``.
 
-    ``sam`` / ``coca`` are recipes (dataclass or mapping) used when retraining; by default the shipped recipe.
-    A finished training directory is reused as is (its weights file exists), an unfinished one is resumed.
+    ``sam`` / ``coca`` / ``clip`` are recipes (dataclass or mapping) used when retraining; by default the shipped
+    recipe. A finished training directory is reused as is (its weights file exists), an unfinished one is resumed.
     """
+    kinds = tuple(kinds or SHIPPED_FILES)
+    unknown = sorted(set(kinds) - set(SHIPPED_FILES))
+    if unknown:
+        raise KeyError(f"unknown foundation model(s) {unknown}; known: {sorted(SHIPPED_FILES)}")
     if not retrain:
-        return shipped_paths()
-    from . import train_coca, train_sam
+        paths = shipped_paths()
+        return {kind: paths[kind] for kind in kinds}
+    from . import train_clip, train_coca, train_sam
 
+    recipes = {"sam": (SamTrainConfig, train_sam, sam), "coca": (CocaTrainConfig, train_coca, coca),
+               "clip": (ClipTrainConfig, train_clip, clip)}
     cache_dir = Path(cache_dir)
     out: dict[str, Path] = {}
-    for kind, cls, trainer, given in (("sam", SamTrainConfig, train_sam, sam),
-                                      ("coca", CocaTrainConfig, train_coca, coca)):
+    for kind in kinds:
+        cls, trainer, given = recipes[kind]
         recipe = make_config(cls, given if given is not None else (shipped_recipe(kind) or None))
         run_dir = cache_dir / f"{kind}-{config_hash(recipe)}"
         weights = finished_weights(run_dir)
@@ -70,6 +79,10 @@ def finished_weights(run_dir: Path) -> Path | None:
         return None
     data = json.loads(record.read_text())
     runs = data.get("runs") or [{}]
-    complete = runs[-1].get("steps_done", 0) >= runs[-1].get("schedule_steps", 1)
+    target = runs[-1].get("schedule_steps", 1)
+    stop_after = (data.get("config") or {}).get("stop_after")
+    if stop_after is not None:  # a recipe that exports part-way through its schedule (e.g. the shipped CLIP)
+        target = min(target, int(stop_after))
+    complete = runs[-1].get("steps_done", 0) >= target
     weights = data.get("weights")
     return run_dir / weights if complete and weights and (run_dir / weights).is_file() else None

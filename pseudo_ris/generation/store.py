@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,20 +215,65 @@ def load_all(out_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
 
 
 _KEY_TAIL = b'"key": '
+_DECODER = json.JSONDecoder()
+_PLAIN_KEY = re.compile(rb'"[\x20\x21\x23-\x5b\x5d-\x7f]*"')  # a JSON string without escapes, ASCII only
+
+
+def _parse_line(line: bytes) -> tuple[Any, str | None]:
+    """``json.loads(line)`` of one stored line (the same value, or the same ValueError) and, when the line is a UTF-8
+    object (every row the store writes), its text: decoded once, without json's per-call encoding detection."""
+    if line[:1] == b"{" and line[1:2] != b"\x00":
+        text = line.decode("utf-8", "surrogatepass")
+        return _DECODER.decode(text), text
+    return json.loads(line), None
+
+
+def loads_line(line: bytes) -> Any:
+    """``json.loads(line)`` of one stored line, faster for the rows the store writes."""
+    return _parse_line(line)[0]
+
+
+def dumps_updated(line: str | None, old: dict, new: dict) -> str:
+    """``json.dumps(new)`` for a row made as ``{**old, ...}`` (same keys first: values replaced, keys appended), where
+    ``line`` is the stored text ``old`` was parsed from.
+
+    The text before the first replaced value (for a candidate: its mask RLE and score vectors, most of the row) is
+    reused from ``line`` instead of encoded again, once the rest of ``line`` is checked to be exactly the encoding of
+    ``old``'s remaining items. The result equals ``json.dumps(new)`` byte for byte when ``line`` is
+    ``json.dumps(old)`` (every line the store writes) and parses to ``new`` for any ``line`` that parses to ``old``.
+    """
+    keys, new_keys = list(old), list(new)
+    if line is None or new_keys[:len(keys)] != keys:
+        return json.dumps(new)
+    j = next((i for i, k in enumerate(keys) if new[k] is not old[k]), len(keys))
+    if j == 0:
+        return json.dumps(new)
+    new_tail = json.dumps({k: new[k] for k in new_keys[j:]})
+    if j < len(keys):
+        old_tail = json.dumps({k: old[k] for k in keys[j:]})[1:]
+        if line.endswith(old_tail) and line[:-len(old_tail)].endswith(", "):
+            return line[:-len(old_tail)] + new_tail[1:]
+        return json.dumps(new)
+    if not line.endswith("}"):
+        return json.dumps(new)
+    return line if len(new_keys) == len(keys) else line[:-1] + ", " + new_tail[1:]
 
 
 def _line_key(line: bytes) -> str | None:
     """The image key of a candidate line without parsing the whole row (rows end with ``"key": "<key>"}``)."""
     i = line.rfind(_KEY_TAIL)
     if i >= 0 and line.endswith(b"}\n"):
+        tail = line[i + len(_KEY_TAIL):-2]
+        if _PLAIN_KEY.fullmatch(tail):
+            return tail[1:-1].decode("ascii")  # a plain quoted ASCII key: what json.loads would return
         try:
-            value = json.loads(line[i + len(_KEY_TAIL):-2])
+            value = json.loads(tail)
             if isinstance(value, str):
                 return value
         except ValueError:
             pass
     try:
-        row = json.loads(line)
+        row = loads_line(line)
     except ValueError:
         return None
     key = row.get("key") if isinstance(row, dict) else None
@@ -269,7 +315,7 @@ class StoreIndex:
                     if not line.endswith(b"\n"):
                         continue
                     try:
-                        row = json.loads(line)
+                        row = loads_line(line)
                     except ValueError:
                         continue
                     if not isinstance(row, dict) or not isinstance(row.get("key"), str) or row["key"] in done:
@@ -306,6 +352,12 @@ class StoreIndex:
 
     def iter_images(self) -> Iterator[tuple[dict, list[dict]]]:
         """(done row, candidate rows) per finished image, one image at a time."""
+        for image_row, rows, _ in self.iter_images_with_text():
+            yield image_row, rows
+
+    def iter_images_with_text(self) -> Iterator[tuple[dict, list[dict], list[str | None]]]:
+        """`iter_images` plus each candidate row's stored text (None where the line was not plain UTF-8), for
+        `dumps_updated`."""
         handles: dict[int, tuple[Any, Any]] = {}
         try:
             for _, key, p, image_offset, runs, n_cand in self.entries:
@@ -314,20 +366,22 @@ class StoreIndex:
                     handles[p] = (open(images_path, "rb"), open(cand_path, "rb") if cand_path.exists() else None)
                 img_handle, cand_handle = handles[p]
                 img_handle.seek(image_offset)
-                image_row = json.loads(img_handle.readline())
+                image_row = loads_line(img_handle.readline())
                 rows: list[dict] = []
+                texts: list[str | None] = []
                 for start, end in runs:
                     if len(rows) >= n_cand or cand_handle is None:
                         break
                     cand_handle.seek(start)
                     for line in cand_handle.read(end - start).splitlines():
                         try:
-                            row = json.loads(line)
+                            row, text = _parse_line(line)
                         except ValueError:
                             continue
                         if isinstance(row, dict) and row.get("key") == key and len(rows) < n_cand:
                             rows.append(row)
-                yield image_row, rows
+                            texts.append(text)
+                yield image_row, rows, texts
         finally:
             for pair in handles.values():
                 for handle in pair:

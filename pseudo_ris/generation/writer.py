@@ -17,14 +17,16 @@ from array import array
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from pseudo_ris.data.io import _umask
 from pseudo_ris.data.refer import make_sentence
 from pseudo_ris.data.refer_stream import ReferStreamWriter, refer_file_names
-from pseudo_ris.filtering.doc import FilterPolicy, rescore, select_candidates
-from pseudo_ris.generation.store import (StoreError, StoreIndex, remove_stale_temps, shard_files,
-                                         shard_suffix)
+from pseudo_ris.filtering.doc import FilterPolicy, doc_scores, doc_scores_rows, select_candidates
+from pseudo_ris.generation.store import (StoreError, StoreIndex, dumps_updated, remove_stale_temps,
+                                         shard_files, shard_suffix)
 
 DEFAULT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 
@@ -54,16 +56,33 @@ class MedianSketch:
             return struct.unpack("<d", struct.pack("<Q", bits & 0xFFFFFFFFFFFFFFFF))[0]
         return (to_float(lo) + to_float(hi)) / 2
 
+    @staticmethod
+    def _bins_of(values: Sequence[float]) -> tuple[list[int], list[int]]:
+        """`_bin` of many values at once (numpy, same integers): (distinct bins, their counts)."""
+        bits = np.asarray(values, dtype=np.float64).view(np.int64)
+        keys = np.where(bits >= 0, bits, -(bits & 0x7FFFFFFFFFFFFFFF) - 1) >> 40
+        uniq, counts = np.unique(keys, return_counts=True)
+        return uniq.tolist(), counts.tolist()
+
+    def _count(self, values: Sequence[float]) -> None:
+        for b, c in zip(*self._bins_of(values)):
+            self.bins[b] += c
+
     def add(self, value: float) -> None:
-        self.n += 1
+        self.extend([value])
+
+    def extend(self, values: Sequence[float]) -> None:
+        """Add many values (the sketch's state is the one a loop of `add` would leave)."""
+        if not len(values):
+            return
+        self.n += len(values)
         if self.values is not None:
-            self.values.append(value)
+            self.values.extend(values)
             if len(self.values) > self.exact_limit:
-                for v in self.values:
-                    self.bins[self._bin(v)] += 1
+                self._count(self.values)
                 self.values = None
         else:
-            self.bins[self._bin(value)] += 1
+            self._count(values)
 
     def median(self) -> float | None:
         if self.n == 0:
@@ -103,47 +122,68 @@ class FilterAccumulator:
 
     def add_image(self, image: dict, candidates: list[dict]) -> list[dict]:
         """Count ``image`` and return its candidates rescored, with ``kept`` / ``reason``, by (mask, cand_index)."""
+        return [row for _, row in self.mark_image(image, candidates)]
+
+    def mark_image(self, image: dict, candidates: list[dict]) -> list[tuple[int, dict]]:
+        """`add_image`, each new row paired with the index of the candidate it was made from (``{**row, ...}``)."""
         self.n_images += 1
         self.status[image.get("status", "ok")] += 1
         if image.get("status") == "unreadable":
             self.unreadable.append({"image_id": image["image_id"], "file_name": image["file_name"],
                                     "error": image.get("error", "")})
         self.masks += len(image.get("masks", []))
-        groups: dict[int, list[dict]] = defaultdict(list)
-        for row in candidates:
-            groups[int(row["mask_index"])].append(rescore(row, self.policy.score_transform))
-        out: list[dict] = []
+        transform = self.policy.score_transform
+        mask_of = [int(row["mask_index"]) for row in candidates]
+        scores = doc_scores_rows([r["M_all"] for r in candidates], [r["C_all"] for r in candidates], mask_of,
+                                 transform) if candidates else []
+        if scores is None:  # not one finite score matrix: the general per-row path (same values, or its error)
+            scores = [doc_scores(r["M_all"], r["C_all"], mi, transform) for r, mi in zip(candidates, mask_of)]
+        groups: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+        for i, (row, mi, (doc, uniq, corr)) in enumerate(zip(candidates, mask_of, scores)):
+            groups[mi].append((i, {**row, "doc": doc, "uniqueness": uniq, "correctness": corr}))  # `rescore`
+        out: list[tuple[int, dict]] = []
         for mi in sorted(groups):
-            rows = sorted(groups[mi], key=lambda r: int(r["cand_index"]))
-            keep, reason = select_candidates(rows, self.policy, f"{image['key']}:{mi}")
+            pairs = sorted(groups[mi], key=lambda p: int(p[1]["cand_index"]))
+            keep, reason = select_candidates([r for _, r in pairs], self.policy, f"{image['key']}:{mi}")
             self.reasons[reason] += 1
             keep_set = set(keep)
             self.masks_with_candidates += 1
             self.masks_kept += bool(keep_set)
-            for i, r in enumerate(rows):
-                out.append({**r, "kept": i in keep_set, "reason": reason if i in keep_set else "rejected"})
-        for r in out:
-            self.candidates += 1
-            self.kept += r["kept"]
-            finite = _finite(r["doc"])
-            if finite:
-                self.doc_median.add(r["doc"])
-            if finite and r["doc"] > 0:
-                self.log_doc_sum += math.log(r["doc"])
-                self.doc_n += 1
-                if r["kept"]:
-                    self.log_doc_kept_sum += math.log(r["doc"])
-                    self.doc_kept_n += 1
-            # which decoding settings / views survive the filter (distinctive vs plain)
-            for name in (f"setting {r['setting']}", f"view {r['view_name']}"):
-                d = self.breakdown.get(name)
-                if d is None:
-                    d = self.breakdown[name] = {"candidates": 0, "kept": 0, "_docs": MedianSketch(20_000)}
-                d["candidates"] += 1
-                d["kept"] += int(r["kept"])
-                if finite:
-                    d["_docs"].add(r["doc"])
+            for k, (i, r) in enumerate(pairs):
+                kept = k in keep_set
+                r["kept"], r["reason"] = kept, (reason if kept else "rejected")
+                out.append((i, r))
+        self._count([r for _, r in out])
         return out
+
+    def _count(self, rows: list[dict]) -> None:
+        """Summary counts of one image's marked rows."""
+        self.candidates += len(rows)
+        finite_docs: list[float] = []
+        # which decoding settings / views survive the filter (distinctive vs plain)
+        by_name: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            kept, doc = r["kept"], r["doc"]
+            self.kept += kept
+            if doc is not None and math.isfinite(doc):
+                finite_docs.append(doc)
+                if doc > 0:
+                    log_doc = math.log(doc)
+                    self.log_doc_sum += log_doc
+                    self.doc_n += 1
+                    if kept:
+                        self.log_doc_kept_sum += log_doc
+                        self.doc_kept_n += 1
+            by_name[f"setting {r['setting']}"].append(r)
+            by_name[f"view {r['view_name']}"].append(r)
+        self.doc_median.extend(finite_docs)
+        for name, group in by_name.items():
+            d = self.breakdown.get(name)
+            if d is None:
+                d = self.breakdown[name] = {"candidates": 0, "kept": 0, "_docs": MedianSketch(20_000)}
+            d["candidates"] += len(group)
+            d["kept"] += sum(int(r["kept"]) for r in group)
+            d["_docs"].extend([r["doc"] for r in group if _finite(r["doc"])])
 
     def summary(self) -> dict[str, Any]:
         breakdown = {}
@@ -314,13 +354,13 @@ def filter_store(out_dir: str | Path, policy: FilterPolicy, *, dataset_root: str
                                image_dir=str(Path(image_dir).resolve()))
     merged = [_TempLines(out_dir / name) for name in ("images.jsonl", "candidates.jsonl")] if merge else []
     try:
-        for img, rows in index.iter_images():
-            rescored = acc.add_image(img, rows)
+        for img, rows, texts in index.iter_images_with_text():
+            marked = acc.mark_image(img, rows)
+            rescored = [r for _, r in marked]
             writer.add(*image_records(img, rescored, cats, ids))
             if merge:
-                merged[0].write(img)
-                for r in rescored:
-                    merged[1].write(r)
+                merged[0].write([json.dumps(img)])
+                merged[1].write([dumps_updated(texts[i], rows[i], r) for i, r in marked])
             if img.get("status") == "ok" and len(sample.images) < sample_images:
                 sample.images.append(img)
                 sample.candidates.extend(rescored)
@@ -347,8 +387,9 @@ class _TempLines:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         self.handle = os.fdopen(fd, "w", encoding="utf-8")
 
-    def write(self, row: dict) -> None:
-        self.handle.write(json.dumps(row) + "\n")
+    def write(self, lines: list[str]) -> None:
+        if lines:
+            self.handle.write("\n".join(lines) + "\n")
 
     def commit(self) -> None:
         self.handle.flush()

@@ -75,20 +75,37 @@ def _random_clip(arch: str, overrides: dict[str, Any]) -> nn.Module:
         return init_untrained_open_clip(open_clip.create_model(arch, pretrained=None, **overrides))
 
 
-def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | None, *,
+def shipped_clip_standin() -> Path:
+    """The SynthRef CLIP stand-in shipped with the package (the tiny CRIS's encoders, trained contrastively)."""
+    from pseudo_ris.foundation.registry import shipped_paths
+
+    return shipped_paths()["clip"]
+
+
+def create_clip(arch: str, pretrained: bool | str | None, overrides: dict[str, Any] | None, *,
                 allow_download: bool = False) -> nn.Module:
     """Build an open_clip CLIP ``arch`` (e.g. "RN50") with config ``overrides``; load ``pretrained`` weights.
 
-    ``pretrained`` is None (random init), an open_clip tag (e.g. "openai"; read from open_clip's local cache, fetched
-    only with ``allow_download``) or a local checkpoint file. A missing file raises ModelConfigError naming it.
+    ``pretrained`` is None or False (random init), True (the shipped SynthRef CLIP stand-in, which has the tiny
+    CRIS's architecture only), an open_clip tag (e.g. "openai"; read from open_clip's local cache, fetched only with
+    ``allow_download``) or a local checkpoint file. A missing file raises ModelConfigError naming it.
     """
     import open_clip
 
     from pseudo_ris.weights import resolve_open_clip_tag
 
     overrides = dict(overrides or {})
-    if pretrained is None:
+    if pretrained is None or pretrained is False:
         return _random_clip(arch, overrides)
+    if pretrained is True:
+        path = shipped_clip_standin()
+        try:
+            return _load_clip_file(arch, overrides, path)
+        except ModelConfigError as err:
+            raise ModelConfigError(
+                f"model.pretrained=true means the shipped SynthRef CLIP stand-in, which fits the cris_tiny "
+                f"architecture only, not {arch!r} with these overrides; give an open_clip tag or a CLIP file "
+                f"instead, or pretrained=false for random init") from err
     pretrained = str(pretrained)
     if not _looks_like_path(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(arch)
@@ -105,6 +122,11 @@ def create_clip(arch: str, pretrained: str | None, overrides: dict[str, Any] | N
             f"CLIP checkpoint file not found: {path} (pretrained= takes an open_clip tag such as 'openai' "
             f"or the path of a local CLIP checkpoint, e.g. OpenAI's RN50.pt)"
         )
+    return _load_clip_file(arch, overrides, path)
+
+
+def _load_clip_file(arch: str, overrides: dict[str, Any], path: Path) -> nn.Module:
+    """``arch`` with the weights of the CLIP checkpoint file ``path`` (strict: every key must match)."""
     model = _random_clip(arch, overrides)
     from open_clip.factory import resize_text_pos_embed
 

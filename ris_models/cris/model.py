@@ -28,7 +28,7 @@ class CRISModel(RISModel):
     def __init__(
         self,
         clip_arch: str = "RN50",
-        pretrained: str | None = None,
+        pretrained: bool | str | None = None,
         clip_overrides: dict[str, Any] | None = None,
         word_len: int = 17,
         fpn_in: Sequence[int] = (512, 1024, 1024),
