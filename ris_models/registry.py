@@ -159,6 +159,7 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
     "lavt_swin_b": dict(
         model_type="lavt",
         bert_path="bert-base-uncased",
+        pretrained=False,  # True: the SynthRef stand-ins (lavt_tiny's architecture only)
         bert_config=None,
         vocab_file=None,
         bert_train_layers=10,  # LAVT optimises BERT encoder layers 0-9 only
@@ -184,6 +185,9 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
     "lavt_tiny": dict(
         model_type="lavt",
         bert_path=None,
+        # Swin and BERT start from stand-ins trained on SynthRef foundation scenes (ris_models/assets/pretrained),
+        # as LAVT starts from ImageNet Swin-B and BERT-base; False = random init
+        pretrained=True,
         bert_config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
                      "max_position_embeddings": 64},
         vocab_file="synthref_wordpiece.txt",  # under ris_models/assets/ unless absolute
@@ -275,9 +279,17 @@ def check_weight_sources(name: str, allow_download: bool = False, **overrides: A
 
     from pseudo_ris.weights import hub_file, hub_snapshot_dir, resolve_open_clip_tag
 
-    if allow_download or name not in MODEL_REGISTRY:
+    if name not in MODEL_REGISTRY:
         return
     cfg = {**MODEL_REGISTRY[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if cfg["model_type"] == "lavt":
+        from ris_models.pretraining.shipped import check_lavt_pretrained, standin_paths
+
+        check_lavt_pretrained(cfg["pretrained"])
+        if cfg["pretrained"]:
+            standin_paths()  # a package installed without its data says so here, before any data is prepared
+    if allow_download:
+        return
     tag = cfg.get("pretrained")
     if cfg["model_type"] == "cris" and tag is True:  # the shipped stand-in has the tiny CRIS's encoders only
         tiny = MODEL_REGISTRY["cris_tiny"]

@@ -4,7 +4,8 @@ Rerunning the same ``tools/train.py`` command must not redo finished work and mu
 was killed continues from its ``last.ckpt`` exactly (see ``ris_models.resumable``), and a finished run goes straight
 to evaluation without training again. Resuming is only safe when the directory holds a run of the *same*
 experiment, so the identity of the run (every option that changes what is learnt, including the trainer's
-precision, devices, accumulation, epochs and max_steps) is recorded in ``<output_dir>/run_config.json`` and
+precision, devices, accumulation, epochs and max_steps, and the content hashes of the shipped stand-in encoders a
+``model.pretrained=true`` run starts from) is recorded in ``<output_dir>/run_config.json`` and
 compared. Only options that cannot change the weights are left out: where and how much to log, evaluation
 settings, checkpoint frequency and loader workers. ``resume=extend`` is the one explicit way to continue with
 *more* epochs / max_steps. A finished run is marked by ``<output_dir>/finished.json``.
@@ -23,6 +24,7 @@ from pseudo_ris.data.io import atomic_write_json
 from pseudo_ris.data.locks import is_primary_process
 from pseudo_ris.data.plain import to_plain
 from ris_models.checkpoint_io import CheckpointReadError, load_checkpoint_file, previous_path
+from ris_models.pretraining.shipped import standin_fingerprint
 
 RUN_CONFIG = "run_config.json"
 FINISHED = "finished.json"
@@ -61,6 +63,9 @@ def run_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(identity.get("trainer"), Mapping):
         identity["trainer"] = {k: v for k, v in identity["trainer"].items() if k not in TRAINER_NOT_IDENTITY}
     identity["record_format"] = RECORD_FORMAT
+    standins = standin_fingerprint(plain["model"]) if isinstance(plain.get("model"), Mapping) else None
+    if standins:  # the files behind model.pretrained=true: retrained stand-ins make a different experiment
+        identity["standin_weights"] = standins
     return json.loads(json.dumps(identity, default=str))
 
 

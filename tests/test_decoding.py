@@ -43,6 +43,15 @@ def test_top_k_plain():
     assert torch.allclose(p, torch.tensor(expected), atol=1e-6)
 
 
+def test_candidate_sets_never_hold_minus_inf_tokens():
+    """k larger than the finite logits, and top-p 1.0: banned (-inf) tokens stay out of the candidate set."""
+    from pseudo_ris.captioning.decoding import candidate_mask
+
+    z = torch.tensor([[1.0, float("-inf"), 2.0, 0.0], [1.0, float("-inf"), 2.0, 0.0]])
+    keep = candidate_mask(z, torch.tensor([4, 0]), torch.tensor([1.0, 1.0]))
+    assert keep.tolist() == [[True, False, True, True], [True, False, True, True]]
+
+
 def test_top_k_keeps_ties_at_kth_logit():
     p = _probs([0.0, 3.0, 2.0, 2.0, 1.0], top_k=2)
     assert torch.allclose(p, torch.tensor([0.0] + _softmax([3.0, 2.0, 2.0]) + [0.0]), atol=1e-6)
@@ -191,6 +200,31 @@ def test_cached_equals_uncached_logits_and_probs(tiny):
                               prefix_len=prefix_len, min_len=3, max_len=20)
         assert float((pc - pr).abs().max()) <= 1e-5
         tokens = torch.randint(4, tiny.tokenizer.vocab_size, (tokens.numel(),), generator=g)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_fused_and_lazy_contrast_projection_equal_reference(tiny, fuse):
+    """The contrast term projected lazily (after the candidate sets are known) or in the same pass as z must give
+    the reference's z_dep on every row, zero on rows without contrast, whatever the sampler reported."""
+    cached, ref = _steppers(tiny)
+    tokens = torch.full((7,), tiny.tokenizer.sot_id)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        cached.fuse_contrast = fuse
+        zc, lazy = cached.step(tokens)
+        zr, dr = ref.step(tokens)
+        assert (lazy.dense is not None) == fuse
+        assert torch.allclose(zc, zr, atol=1e-4, rtol=1e-4)
+        keep = torch.ones_like(zc, dtype=torch.bool)
+        on_cols = lazy.on_columns(keep, cached.has_contrast)
+        assert cached.fuse_contrast  # every column kept: the next step fuses
+        assert torch.allclose(on_cols, dr, atol=1e-4, rtol=1e-4)
+        assert float(on_cols[~cached.has_contrast].abs().max()) == 0.0
+        tokens = torch.randint(4, tiny.tokenizer.vocab_size, (7,), generator=g)
+    few = torch.zeros_like(keep)
+    few[:, :3] = True
+    lazy.on_columns(few, cached.has_contrast)
+    assert not cached.fuse_contrast  # few columns: back to the lazy projection
 
 
 def test_contrast_weights_use_similarity(tiny):

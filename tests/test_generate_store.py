@@ -85,7 +85,8 @@ def test_store_identity_follows_the_bytes_of_shipped_weights(tmp_path, monkeypat
     from pseudo_ris.generation.store import check_meta
 
     monkeypatch.setattr(registry, "SHIPPED_DIR", tmp_path)
-    (tmp_path / "sam_tiny.pt").write_bytes(b"sam weights")
+    for kind, name in registry.SHIPPED_FILES.items():
+        (tmp_path / name).write_bytes(f"{kind} weights".encode())
     (tmp_path / "coca_tiny.pt").write_bytes(b"old coca weights")
     cfg = _cfg("generator/captioner=synthref_shipped", "sam.checkpoint=shipped")
     source = SimpleNamespace(description="pool", image_dir=str(tmp_path))

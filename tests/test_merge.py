@@ -70,7 +70,9 @@ def test_streaming_result_equals_in_memory_filter(tmp_path):
     with open(streamed / "refs(pseudo).p", "rb") as a, open(in_memory / "refs(pseudo).p", "rb") as b:
         assert pickle.load(a) == pickle.load(b) == refs
     assert len(ReferDataset(store / "out", "pseudo", split_by="pseudo").refs) == res.summary["refs"] == len(refs)
-    merged = [json.loads(x) for x in (store / "candidates.jsonl").read_text().splitlines()]
+    merged_lines = (store / "candidates.jsonl").read_text().splitlines()
+    merged = [json.loads(x) for x in merged_lines]
+    assert all(json.dumps(row) == line for row, line in zip(merged, merged_lines))  # byte for byte: json.dumps
     assert sorted(merged, key=lambda r: (r["key"], r["cand_index"])) == \
         sorted(mem.candidates, key=lambda r: (r["key"], r["cand_index"]))
     assert len(res.images) == 5 and {r["key"] for r in res.candidates} == {i["key"] for i in res.images}

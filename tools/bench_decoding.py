@@ -4,11 +4,14 @@ Same randomly initialised CoCa (float32, this device), one view of one image wit
 sampling settings of the paper (top-k 5..13, top-p 0.4..0.8), captions forced to the full length 30
 (min_len = max_len = 30, so every row runs all 28 decoder steps; the 29th token is the forced EOS).
 
-* cached: the real API, ``generate_candidates`` (chunks, caches, projection identity), timed end to end.
-* uncached: ~36 s per step at N=10 on coca_ViT-B-32, so it is *estimated*: one step is timed at ``--steps``
-  prefix lengths spread over 1..28 on a subset of the rows (its cost is a sum of independent per-pair
-  forwards, hence linear in the number of rows: scaled by rows/subset), a line a + b*t is fitted through the
-  per-step times and summed over t = 1..28.
+* cached: the real API, ``generate_candidates`` (image encoding, chunks, caches, projection identity), timed end
+  to end.
+* uncached: the same API with the uncached stepper (``cached=False``) takes ~36 s per step at N=10 on
+  coca_ViT-B-32, so it is *estimated*: the image encoding is timed once (the same work as in the cached run), and
+  one decoding step -- the stepper's logits, the distinctive rule and the draw, as ``sample_rows`` runs them -- is
+  timed at ``--steps`` prefix lengths spread over 1..28 on a subset of the rows (its cost is a sum of independent
+  per-pair forwards, hence linear in the number of rows: scaled by rows/subset), a line a + b*t is fitted through
+  the per-step times and summed over t = 1..28, and the encoding is added.
 * equality: for the same subset and the same (random) prefixes, the cached stepper is teacher-forced to each
   measured prefix length and the next-token probability vectors of both paths are compared: max|dp| (max abs
   difference of the probability vectors, rows whose candidate sets agree), max|dz| (max abs difference of the
@@ -31,8 +34,9 @@ from typing import Callable
 
 import torch
 
-from pseudo_ris.captioning import DecodeSetting, WordTokenizer, generate_candidates, load_coca, next_token_probs
-from pseudo_ris.captioning.decoding import as_dense
+from pseudo_ris.captioning import (DecodeSetting, WordTokenizer, encode_views, generate_candidates, load_coca,
+                                   next_token_probs)
+from pseudo_ris.captioning.decoding import as_dense, sample_categorical
 from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper
 
 SETTINGS = ([DecodeSetting("topk", k, True) for k in (5, 7, 9, 11, 13)]
@@ -49,14 +53,17 @@ def _bundle(name: str):
     return load_coca(name, tokenizer=WordTokenizer(words, context_length=32))
 
 
-def _time_cached(bundle, n: int, batch_size: int, seed: int) -> float:
+def _time_cached(bundle, n: int, batch_size: int, seed: int) -> tuple[float, float]:
+    """(seconds of the cached ``generate_candidates``, seconds of its image encoding alone)."""
     views = torch.rand(n, 1, 3, bundle.image_size, bundle.image_size, generator=torch.Generator().manual_seed(seed))
     start = CLOCK()
     cands = generate_candidates(bundle, views, SETTINGS, generator=torch.Generator().manual_seed(seed),
                                 batch_size=batch_size, min_len=MAX_LEN, max_len=MAX_LEN)
     elapsed = CLOCK() - start
     assert all(len(c.tokens) == MAX_LEN for m in cands for c in m)
-    return elapsed
+    start = CLOCK()
+    encode_views(bundle, views.transpose(0, 1).reshape(n, *views.shape[2:]))
+    return elapsed, CLOCK() - start
 
 
 def _subset(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,17 +92,18 @@ def _uncached_and_equality(bundle, n: int, prefix_lengths: list[int], seed: int)
     for t in prefix_lengths:
         ref = ReferenceCocaStepper(bundle.model, emb, groups, sim, own, contrast, MAX_LEN - 1)
         ref.prefix = prefix[:, : t - 1].clone()
+        kw = dict(top_k=top_k, top_p=top_p, eos_id=tok.eot_id, prefix_len=t, min_len=5, max_len=MAX_LEN)
         start = CLOCK()
-        zr, dr = ref.step(prefix[:, t - 1])
+        zr, dr = ref.step(prefix[:, t - 1])  # one step of sample_rows over the uncached stepper
+        pr = next_token_probs(zr, dr, ref.has_contrast, **kw)
+        sample_categorical(pr, g)
         times.append(CLOCK() - start)
         cached = CachedCocaStepper(bundle.model, emb, groups, sim, own, contrast, MAX_LEN - 1)
         for i in range(t):
             zc, lazy = cached.step(prefix[:, i])
         dc = as_dense(lazy)
         assert torch.isfinite(zc).all() and float(zc.std()) > 0, "logits constant or not finite"
-        kw = dict(top_k=top_k, top_p=top_p, eos_id=tok.eot_id, prefix_len=t, min_len=5, max_len=MAX_LEN)
         pc = next_token_probs(zc, lazy, cached.has_contrast, **kw)  # lazy contrast, as in sampling
-        pr = next_token_probs(zr, dr, ref.has_contrast, **kw)
         # a token whose logit sits within float32 noise of the top-k / top-p boundary can fall on either side:
         # such rows are counted, and the probability check runs on rows with the same candidate set
         same = ((pc > 0) == (pr > 0)).all(dim=1)
@@ -142,7 +150,8 @@ def main() -> None:
     steps = 2 if args.quick else max(1, args.steps)
     prefix_lengths = sorted({round(1 + i * (N_STEPS - 1) / max(1, steps - 1)) for i in range(steps)})
     torch.manual_seed(args.seed)
-    header = (f"{'model':<14} {'N':>3} {'rows':>4} {'pairs/step':>10} {'cached s':>9} {'cached s/step':>13} "
+    header = (f"{'model':<14} {'N':>3} {'rows':>4} {'pairs/step':>10} {'cached s':>9} {'encode s':>8} "
+              f"{'cached s/step':>13} "
               f"{'uncached s/step (t=' + ','.join(map(str, prefix_lengths)) + ')':>34} {'uncached s (est)':>16} "
               f"{'speedup':>8} {'max|dp|':>9} {'max|dz|':>9} {'flips':>8}")
     lines, first_speedup = [], {}
@@ -150,19 +159,21 @@ def main() -> None:
           f"length {MAX_LEN}, 10 distinctive settings, one view", flush=True)
     for name in args.models:
         bundle = _bundle(name)
+        _time_cached(bundle, 2, args.batch_size, args.seed)  # untimed warm-up: first-call allocations and kernels
         for n in ns:
             rows = n * len(SETTINGS)
             pairs = rows * n if 2 <= n <= 30 else rows
-            cached = _time_cached(bundle, n, args.batch_size, args.seed)
+            cached, encode = _time_cached(bundle, n, args.batch_size, args.seed)
             times, sub_rows, (diff, dz, flips, checked) = _uncached_and_equality(bundle, n, prefix_lengths,
                                                                                  args.seed)
             scale = rows / sub_rows
             per_step = [t * scale for t in times]
-            uncached = _extrapolate(prefix_lengths, per_step)
+            uncached = encode + _extrapolate(prefix_lengths, per_step)
             speedup = uncached / cached
             if name == args.models[0]:
                 first_speedup[n] = speedup
-            line = (f"{name:<14} {n:>3} {rows:>4} {pairs:>10} {cached:>9.1f} {cached / N_STEPS:>13.3f} "
+            line = (f"{name:<14} {n:>3} {rows:>4} {pairs:>10} {cached:>9.1f} {encode:>8.1f} "
+                    f"{(cached - encode) / N_STEPS:>13.3f} "
                     f"{' / '.join(f'{s:.2f}' for s in per_step):>34} {uncached:>16.0f} {speedup:>7.1f}x "
                     f"{diff:>9.1e} {dz:>9.1e} {flips:>3}/{checked:<4}")
             lines.append(line)

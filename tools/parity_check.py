@@ -2,6 +2,7 @@
 
     python tools/parity_check.py lavt_root=<LAVT-RIS checkout> cris_root=<CRIS.pytorch checkout>
     python tools/parity_check.py lavt_root=<LAVT-RIS checkout> lavt_record=tests/fixtures   # re-record fixtures
+    python tools/parity_check.py cris_root=<CRIS.pytorch checkout> cris_record=tests/fixtures
 
 Each check builds the official model with random initialisation, maps its weights into our preset through the
 checkpoint importer and prints the largest absolute logits difference (CPU, float32). A root that is not given is
@@ -31,6 +32,13 @@ def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = N
     return lines
 
 
+def record_cris(root: str, out_dir: str, seed: int = 0) -> list[str]:
+    """Re-record the tiny official CRIS head fixture into ``out_dir``; lines to print."""
+    from ris_models.official.cris_reference import record_cris_head
+
+    return [f"wrote {record_cris_head(root, Path(out_dir), seed)}"]
+
+
 def check_cris(root: str, preset: str, dtype: str = "float32", random_norms: bool = False) -> list[str]:
     """CRIS.pytorch vs ``preset`` (cris_r50 / cris_r101) at 416 px, 17 tokens; lines to print."""
     import torch
@@ -50,6 +58,10 @@ def main(cfg: DictConfig) -> None:
             record = None if cfg.lavt_record is None else to_absolute_path(str(cfg.lavt_record))
             for line in check_lavt(to_absolute_path(str(cfg.lavt_root)), int(cfg.lavt_size), int(cfg.seed), record,
                                    str(cfg.lavt_dtype)):
+                print(line)
+        if cfg.cris_root is not None and cfg.cris_record is not None:
+            for line in record_cris(to_absolute_path(str(cfg.cris_root)), to_absolute_path(str(cfg.cris_record)),
+                                    int(cfg.seed)):
                 print(line)
         if cfg.cris_root is not None:
             for preset in ("cris_r50", "cris_r101"):

@@ -1,6 +1,7 @@
-"""Train a SynthRef foundation model: ``python tools/train_foundation.py model=sam|coca|clip steps=... out=...``.
+"""Train a SynthRef foundation model: ``python tools/train_foundation.py model=sam|coca|clip|swin|bert steps=... out=...``.
 
-Thin Hydra entry point over `pseudo_ris.foundation.train_sam` / `train_coca` / `train_clip`. Rerunning the same command resumes
+Thin Hydra entry point over `pseudo_ris.foundation.train_sam` / `train_coca` / `train_clip` and, for the encoders the
+tiny LAVT starts from, `ris_models.pretraining` (`train_swin` / `train_bert`). Rerunning the same command resumes
 from ``<out>/train_state.pt``. The config lives in conf/foundation.yaml; it is registered in Hydra's ConfigStore
 rather than read from the conf/ search path so that ``model=...`` stays a plain key even though conf/ also has a
 ``model`` config group for the RIS trainers.
@@ -27,8 +28,14 @@ ConfigStore.instance().store(name="foundation_cli", node=OmegaConf.load(CONF))
 def main(cfg: DictConfig) -> None:
     from pseudo_ris.foundation import evaluate_coca, evaluate_sam, train_coca, train_sam
     from pseudo_ris.foundation.clip_training import evaluate_clip, train_clip
+    from ris_models.pretraining.bert import evaluate_bert, train_bert
+    from ris_models.pretraining.swin import evaluate_swin, train_swin
 
-    trainers = {"sam": (train_sam, evaluate_sam), "coca": (train_coca, evaluate_coca), "clip": (train_clip, None)}
+    trainers = {"sam": (train_sam, evaluate_sam), "coca": (train_coca, evaluate_coca), "clip": (train_clip, None),
+                "swin": (train_swin, None), "bert": (train_bert, None)}
+    small_reports = {"clip": lambda path, section, options: evaluate_clip(path, arch=section["arch"], **options),
+                     "swin": lambda path, section, options: evaluate_swin(path, preset=section["preset"], **options),
+                     "bert": lambda path, section, options: evaluate_bert(path, preset=section["preset"], **options)}
     with user_errors():
         check_choice(cfg.model, "model", sorted(trainers))
         check_int(cfg.threads, "threads", minimum=1)
@@ -43,10 +50,10 @@ def main(cfg: DictConfig) -> None:
     print(f"weights: {path}")
     if cfg.evaluate:
         options = OmegaConf.to_container(cfg.eval[cfg.model], resolve=True)
-        if evaluate is None:  # the CLIP report is small: written here
+        if evaluate is None:  # small reports (CLIP, Swin, BERT) are written here
             from pseudo_ris.data.io import atomic_write_json
 
-            summary = evaluate_clip(path, arch=section["arch"], **options)
+            summary = small_reports[cfg.model](path, section, options)
             atomic_write_json(out / "quality.json", {"summary": summary}, indent=1)
         else:
             summary = evaluate(path, **options, out_path=out / "quality.json", progress=bool(cfg.progress))["summary"]

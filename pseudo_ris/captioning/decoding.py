@@ -27,7 +27,7 @@ token "!" (id 0 = pad) cannot end a caption early -- a deliberate deviation from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -76,18 +76,26 @@ class LazyContrast:
 
     hidden: torch.Tensor  # [R, D]
     weight: torch.Tensor  # [D, V]
+    dense: torch.Tensor | None = None  # hidden @ weight when the stepper already projected it (fused with z)
+    on_use: Callable[[bool], None] | None = None  # told whether an evaluation needed most columns
 
     def full(self) -> torch.Tensor:
-        return self.hidden @ self.weight
+        return self.hidden @ self.weight if self.dense is None else self.dense
 
     def on_columns(self, keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """[R,V], exact on the columns kept by any selected row (``keep`` [R,V], ``rows`` [R] bool), else 0."""
-        out = torch.zeros(keep.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+        """[R,V], exact on the columns kept by any selected row (``keep`` [R,V], ``rows`` [R] bool); elsewhere 0,
+        or the exact value when the projection was already done (``dense``)."""
         idx = torch.nonzero(rows).flatten()
         if idx.numel() == 0:
-            return out
+            return torch.zeros(keep.shape, dtype=self.hidden.dtype, device=self.hidden.device)
         cols = torch.nonzero(keep[idx].any(dim=0)).flatten()
-        if cols.numel() * 4 >= keep.shape[1]:
+        most = cols.numel() * 4 >= keep.shape[1]
+        if self.on_use is not None:
+            self.on_use(most)
+        if self.dense is not None:
+            return self.dense
+        out = torch.zeros(keep.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+        if most:
             out[idx] = self.hidden[idx] @ self.weight
         else:
             out[idx[:, None], cols[None, :]] = self.hidden[idx] @ self.weight[:, cols]
@@ -108,14 +116,17 @@ def _sorted_values(x: torch.Tensor) -> torch.Tensor:
 def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
     """Bool [R,V]: the candidate set S of each row. A row uses top-k where ``top_k > 0``, else top-p."""
     r, v = z.shape
-    finite = torch.isfinite(z)
-    keep = torch.zeros_like(finite)
+    # -inf logits (banned tokens, EOS below min_len) are never candidates: the top-k threshold is raised to the
+    # smallest finite value (k may exceed the finite logits), so one comparison keeps only finite tokens; top-p
+    # needs no such guard, a -inf token has cumulative mass 0 <= 1 - p and is always dropped
+    lowest = torch.finfo(z.dtype).min
+    keep = torch.zeros(z.shape, dtype=torch.bool, device=z.device)
     use_k = (top_k > 0) if top_k is not None else torch.zeros(r, dtype=torch.bool, device=z.device)
     if use_k.any():
         k = top_k[use_k].clamp(max=v).long()
         zk = z[use_k]
         kth = torch.topk(zk, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
-        keep[use_k] = (zk >= kth) & finite[use_k]
+        keep[use_k] = zk >= kth.clamp(min=lowest)
     use_p = ~use_k
     if use_p.any():
         if top_p is None:
@@ -129,7 +140,7 @@ def candidate_mask(z: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Ten
         # up to exact ties at the boundary, which are all kept (as top-k keeps ties at the k-th logit).
         n_drop = (cum <= (1 - p)[:, None]).sum(dim=1).clamp(max=v - 1)
         threshold = sorted_logits.gather(1, n_drop[:, None])
-        keep[use_p] = (zp >= threshold) & finite[use_p]
+        keep[use_p] = zp >= threshold
     return keep
 
 
@@ -162,14 +173,16 @@ def next_token_probs(
     top_k = _as_row_tensor(top_k, r, torch.long, z.device)
     top_p = _as_row_tensor(top_p, r, torch.float32, z.device)
     keep = candidate_mask(z, top_k, top_p)
-    neg = torch.tensor(float("-inf"), device=z.device)
-    plain = torch.where(keep, z, neg).softmax(dim=-1)
+    masked = z.masked_fill_(~keep, float("-inf"))  # z is this function's own copy
+    plain = masked.softmax(dim=-1)
     if z_dep is None or has_contrast is None or not bool(has_contrast.any()):
         return plain
     if isinstance(z_dep, LazyContrast):
         z_dep = z_dep.on_columns(keep, has_contrast)
-    contrast = torch.where(has_contrast[:, None], z - z_dep.float(), z)
-    probs = torch.where(keep, contrast, neg).softmax(dim=-1)
+    z_dep = z_dep.float()
+    if not bool(has_contrast.all()):
+        z_dep = torch.where(has_contrast[:, None], z_dep, torch.zeros((), dtype=z_dep.dtype, device=z.device))
+    probs = (masked - z_dep).softmax(dim=-1)  # -inf stays -inf: the same candidate set
     probs[:, eos_id] = plain[:, eos_id]  # p[EOS] replaced by the plain stopping probability
     return probs
 

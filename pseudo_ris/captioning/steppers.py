@@ -10,10 +10,15 @@ decoder runs once per pair and step. Both steppers return, per step,
   * the text tower's causal self-attention K/V per row (the text tower sees no image, so it runs once per row,
     not per pair; CoCa appends a CLS token at the end, which causal prefix positions never attend to, so the
     cached prefix outputs equal the full recomputation),
-  * the multimodal decoder's self-attention K/V per pair,
+  * the multimodal decoder's self-attention K/V per pair, except in its first layer: there the input is the text
+    tower's output, the same for every pair of a row, so that self-attention block and the first cross-attention
+    query run once per row (as the text tower does) and the pairs split only at the first cross-attention,
   * each image's cross-attention K/V, computed once,
 and uses the linearity of the bias-free vocabulary projection after the final LayerNorm:
-``mean_j s_j (h_j W) = (mean_j s_j h_j) W`` -- two projections per row instead of one per pair.
+``mean_j s_j (h_j W) = (mean_j s_j h_j) W`` -- two projections per row instead of one per pair. On CPU that
+projection (a 49k-column weight read for a few dozen rows) is bound by memory traffic, so once the sampler has
+needed most columns of the contrast term (near-uniform logits, e.g. a random-init model) the next steps project
+z and the contrast term in one pass over the weight.
 ``ReferenceCocaStepper`` recomputes everything per pair at every step like the official code; it is kept for
 tests (equality) and the benchmark (speed).
 """
@@ -138,8 +143,11 @@ class CachedCocaStepper:
         self.cross_kv = precompute_cross_kv(model, image_embs) if cross_kv is None else cross_kv
         self.text_cache = self._alloc(own.numel(), len(self.text.transformer.resblocks), self.text.width,
                                       self.n_text_heads)
-        self.dec_cache = self._alloc(self.pairs.pair_row.numel(), len(self.dec.resblocks), self.width,
-                                     self.n_dec_heads)
+        # decoder layer 0's self-attention sees only the text tower's output: one entry per row, then per pair
+        self.dec_cache = (self._alloc(own.numel(), 1, self.width, self.n_dec_heads)
+                          + self._alloc(self.pairs.pair_row.numel(), len(self.dec.resblocks) - 1, self.width,
+                                        self.n_dec_heads))
+        self.fuse_contrast = False  # project z and the contrast term in one pass (set from the last step's use)
 
     @property
     def n_rows(self) -> int:
@@ -161,11 +169,16 @@ class CachedCocaStepper:
         x = x + block.ls_1(attn.out_proj(o.reshape(x.shape[0], -1)))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-    def _cross_block(self, block, y: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]):
+    def _cross_block(self, block, y: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                     expand: torch.Tensor | None = None):
+        """``expand``: ``y`` holds one entry per row (decoder layer 0): the query is projected per row, then
+        ``y`` and the query are spread to the pairs ``expand`` [P] (row of each pair)."""
         attn = block.attn
         d = self.width
         b = attn.in_proj_bias
         q = F.linear(block.ln_1(y), attn.in_proj_weight[:d], None if b is None else b[:d])
+        if expand is not None:
+            y, q = y[expand], q[expand]
         heads = self.n_dec_heads
         k_all, v_all = kv
         counts = self.pairs.counts
@@ -200,16 +213,30 @@ class CachedCocaStepper:
         x = x + self.text.positional_embedding[self.t].to(self.dtype)
         for block, cache in zip(self.text.transformer.resblocks, self.text_cache):
             x = self._self_block(block, x, cache, self.n_text_heads)
-        y = x[self.pairs.pair_row]
-        for block, cross, cache, kv in zip(self.dec.resblocks, self.dec.cross_attn, self.dec_cache, self.cross_kv):
+        y = x  # per row until the first cross-attention, then per pair
+        layers = zip(self.dec.resblocks, self.dec.cross_attn, self.dec_cache, self.cross_kv)
+        for i, (block, cross, cache, kv) in enumerate(layers):
             y = self._self_block(block, y, cache, self.n_dec_heads)
-            y = self._cross_block(cross, y, kv)
+            y = self._cross_block(cross, y, kv, expand=self.pairs.pair_row if i == 0 else None)
         h = self.dec.ln_final(y)
         self.t += 1
-        z = h[self.pairs.own_pair] @ self.proj
+        h_own = h[self.pairs.own_pair]
         h_dep = torch.zeros(self.n_rows, h.shape[1], device=h.device, dtype=h.dtype)
         h_dep.index_add_(0, self.pairs.pair_row, h * self.pairs.weight[:, None])
-        return z, LazyContrast(h_dep, self.proj)
+        if not self.fuse_contrast:
+            return h_own @ self.proj, LazyContrast(h_dep, self.proj, on_use=self._note_contrast_use)
+        idx = torch.nonzero(self.has_contrast).flatten()
+        both = torch.cat([h_own, h_dep[idx]]) @ self.proj
+        z = both[: self.n_rows]
+        if idx.numel() == self.n_rows:
+            dense = both[self.n_rows:]
+        else:  # rows without contrast: z_dep = 0
+            dense = torch.zeros_like(z)
+            dense[idx] = both[self.n_rows:]
+        return z, LazyContrast(h_dep, self.proj, dense=dense, on_use=self._note_contrast_use)
+
+    def _note_contrast_use(self, most_columns: bool) -> None:
+        self.fuse_contrast = most_columns
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep / reorder / duplicate rows (finished rows dropped, beams reordered); caches follow."""
@@ -223,7 +250,8 @@ class CachedCocaStepper:
         self.has_contrast = self.pairs.has_contrast
         src = lookup[rows[self.pairs.pair_row], self.pairs.pair_img]
         self.text_cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.text_cache]
-        self.dec_cache = [(k.index_select(0, src), v.index_select(0, src)) for k, v in self.dec_cache]
+        self.dec_cache = ([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.dec_cache[:1]]
+                          + [(k.index_select(0, src), v.index_select(0, src)) for k, v in self.dec_cache[1:]])
 
 
 class ReferenceCocaStepper:

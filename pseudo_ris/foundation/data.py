@@ -27,7 +27,10 @@ from .config import GenericCaptionConfig
 FOUNDATION_TAG = 0x5EED_F0DA  # entropy word that marks foundation-model streams
 # scenes of each purpose, plus the per-step sampling rngs (prompts, crops, captions) of the two trainers
 STREAMS = {"sam_train": 1, "coca_train": 2, "sam_eval": 3, "coca_eval": 4, "test": 5, "sam_sampling": 6,
-           "coca_sampling": 7, "clip_train": 8, "clip_scenes": 9, "clip_sampling": 10, "clip_eval": 11}
+           "coca_sampling": 7, "clip_train": 8, "clip_scenes": 9, "clip_sampling": 10, "clip_eval": 11,
+           # the LAVT stand-ins (trained in ris_models.pretraining): Swin attribute classification, BERT MLM
+           "swin_train": 12, "swin_eval": 13, "bert_train": 14, "bert_eval": 15, "bert_sampling": 16,
+           "bert_eval_sampling": 17}
 
 # Words generic captions may contain; everything else (locations, relations, comparatives) is distinctive.
 CAPTION_FILLER_WORDS: tuple[str, ...] = ("a", "an", "the", "in", "picture", "photo", "of")

@@ -40,15 +40,29 @@ def sine_pos_2d(dim: int, height: int, width: int, device: torch.device | None =
     return pe.reshape(height * width, dim)
 
 
+def _attend(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+            pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``attn``'s output, computed the way the official CRIS code computes it (it keeps the default
+    ``need_weights=True``): explicit softmax(q k^T / sqrt(d)) v in ``multi_head_attention_forward``'s math path.
+
+    ``need_weights=False`` would switch to ``scaled_dot_product_attention``, whose fused kernel rounds
+    differently in float32 (5e-7 of a layer's output; the dynamic-conv projector amplifies it to 1.4e-5 on
+    ``cris_r50``'s 416 px logits). The per-head weights it returns as well are discarded (not averaging them
+    saves that reduction); the attention map is materialised, as in the official code.
+    """
+    return attn(query, key, value, key_padding_mask=pad_mask, need_weights=True, average_attn_weights=False)[0]
+
+
 class VLDecoderLayer(nn.Module):
-    """Pre-norm layer: self-attention over pixels, cross-attention pixels->words, FFN."""
+    """Pre-norm layer: self-attention over pixels, cross-attention pixels->words, FFN; sequence-first tensors
+    (vis [HW, B, C], txt [L, B, C], positions [HW or L, 1, C], pad_mask [B, L])."""
 
     def __init__(self, d_model: int, nhead: int, dim_ffn: int, dropout: float) -> None:
         super().__init__()
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)  # sequence-first
         self.self_out_norm = nn.LayerNorm(d_model)
-        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
         self.cross_out_norm = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, dim_ffn), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -60,15 +74,19 @@ class VLDecoderLayer(nn.Module):
                 pad_mask: torch.Tensor) -> torch.Tensor:
         h = self.norm1(vis)
         qk = h + vis_pos
-        vis = vis + self.drop(self.self_out_norm(self.self_attn(qk, qk, h, need_weights=False)[0]))
+        vis = vis + self.drop(self.self_out_norm(_attend(self.self_attn, qk, qk, h)))
         h = self.norm2(vis)
-        att = self.cross_attn(h + vis_pos, txt + txt_pos, txt, key_padding_mask=pad_mask, need_weights=False)[0]
+        att = _attend(self.cross_attn, h + vis_pos, txt + txt_pos, txt, pad_mask)
         vis = vis + self.drop(self.cross_out_norm(att))
         return vis + self.drop(self.ffn(self.norm3(vis)))
 
 
 class VLDecoder(nn.Module):
-    """Stack of VLDecoderLayer on a [B,C,H,W] map and [B,L,C] words; returns [B,C,H,W]."""
+    """Stack of VLDecoderLayer on a [B,C,H,W] map and [B,L,C] words; returns [B,C,H,W].
+
+    The layers run sequence-first ([HW, B, C], as the official code), so that float32 results agree with it
+    operation for operation (see ``_attend`` and the return below).
+    """
 
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_ffn: int, dropout: float) -> None:
         super().__init__()
@@ -77,12 +95,16 @@ class VLDecoder(nn.Module):
 
     def forward(self, vis: torch.Tensor, words: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = vis.shape
-        vis_pos = sine_pos_2d(c, h, w, vis.device).to(vis.dtype)[None]
-        txt_pos = sine_pos_1d(words.shape[-1], words.shape[1], vis.device).to(vis.dtype)[None]
-        x = vis.flatten(2).transpose(1, 2)  # [B, HW, C]
+        vis_pos = sine_pos_2d(c, h, w, vis.device).to(vis.dtype)[:, None]  # [HW, 1, C]
+        txt_pos = sine_pos_1d(words.shape[-1], words.shape[1], vis.device).to(vis.dtype)[:, None]  # [L, 1, C]
+        x = vis.flatten(2).permute(2, 0, 1)  # [HW, B, C]
+        txt = words.transpose(0, 1)  # [L, B, C]
         for layer in self.layers:
-            x = layer(x, words, vis_pos, txt_pos, pad_mask)
-        return self.norm(x).transpose(1, 2).reshape(b, c, h, w)
+            x = layer(x, txt, vis_pos, txt_pos, pad_mask)
+        # The official code's strided view of the [HW, B, C] output. A batch-first decoder would hand over a map
+        # that is channels-last in memory, and the projector's upsampling and convolutions would then run their
+        # channels-last kernels, which round differently in float32.
+        return self.norm(x).permute(1, 2, 0).reshape(b, c, h, w)
 
 
 class DynamicConvProjector(nn.Module):

@@ -16,18 +16,24 @@ from torch import nn
 from ris_models.lavt.decoder import SimpleDecoder
 from ris_models.lavt.encoder import LanguageAwareSwin
 from ris_models.lavt.text_encoder import build_bert, check_bert_path
+from ris_models.pretraining.shipped import check_lavt_pretrained, load_bert_weights, standin_paths
 from ris_models.registry import ModelConfigError, RISModel
 from ris_models.text import ASSETS_DIR, WordPieceTokenizer, resolve_asset
 
 
 class LAVTModel(RISModel):
-    """See module docstring; constructor arguments are the ``lavt_*`` preset keys of ``ris_models.registry``."""
+    """See module docstring; constructor arguments are the ``lavt_*`` preset keys of ``ris_models.registry``.
+
+    ``pretrained=True`` starts the Swin and BERT from the SynthRef stand-ins shipped in ``ris_models/assets/pretrained``
+    (they fit ``lavt_tiny`` only); an explicit ``swin_pretrained`` / ``bert_path`` replaces its part of them.
+    """
 
     model_type = "lavt"
 
     def __init__(
         self,
         bert_path: str | None = "bert-base-uncased",
+        pretrained: bool = False,
         bert_config: dict[str, Any] | None = None,
         vocab_file: str | None = None,
         bert_train_layers: int | None = None,
@@ -56,6 +62,8 @@ class LAVTModel(RISModel):
         self._set_io(input_size=input_size, image_mean=image_mean, image_std=image_std, threshold=threshold,
                      backbone_lr_mult=backbone_lr_mult, stride_reason="patch 4 x 3 merges")
 
+        check_lavt_pretrained(pretrained)
+        standins = standin_paths() if pretrained and load_pretrained else {}
         if bert_path is not None:
             check_bert_path(bert_path)
         self.tokenizer = _build_tokenizer(bert_path, vocab_file, max_tokens, keep_sep, allow_download)
@@ -68,6 +76,8 @@ class LAVTModel(RISModel):
             raise ModelConfigError(f"tokenizer has {self.tokenizer.vocab_size} tokens but BERT's vocabulary is {vocab}")
         if max_tokens > self.text_encoder.config.max_position_embeddings:
             raise ModelConfigError(f"max_tokens={max_tokens} exceeds BERT's max_position_embeddings")
+        if "bert" in standins and bert_path is None:  # an explicit bert_path wins over the stand-in
+            load_bert_weights(self.text_encoder, standins["bert"], self.tokenizer.vocab_file)
         if bert_train_layers is not None:
             _freeze_bert_except_first(self.text_encoder, int(bert_train_layers))
 
@@ -76,7 +86,7 @@ class LAVTModel(RISModel):
             lang_dim=self.text_encoder.config.hidden_size, embed_dim=embed_dim,
             depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
             drop_path_rate=drop_path_rate, pwam_heads=pwam_heads,
-            pretrained=swin_pretrained if load_pretrained else None,
+            pretrained=(swin_pretrained or standins.get("swin")) if load_pretrained else None,
         )
         self.decoder = SimpleDecoder(self.encoder.channels, decoder_hidden)
         self.register_buffer("class_weights", torch.tensor([float(w) for w in class_weights]), persistent=False)

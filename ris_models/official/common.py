@@ -93,6 +93,26 @@ def rename_prefixes(key: str, renames: tuple[tuple[str, str], ...]) -> str | Non
     return None
 
 
+def checkout_commit(root: str | Path) -> str:
+    """The checkout's commit (short), read from .git without running git; "unknown commit" otherwise."""
+    git = Path(root) / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = git / head[5:]
+            head = ref.read_text().strip() if ref.is_file() else _packed_ref(git, head[5:])
+        return f"at {head[:7]}"
+    except OSError:
+        return "(unknown commit)"
+
+
+def _packed_ref(git: Path, name: str) -> str:
+    for line in (git / "packed-refs").read_text().splitlines():
+        if line.endswith(" " + name):
+            return line.split()[0]
+    raise OSError(name)
+
+
 def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 

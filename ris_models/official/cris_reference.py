@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ris_models.official.common import CheckpointImportError, check_state_dict, save_state_as_torchscript
+from ris_models.official.common import (CheckpointImportError, check_state_dict, checkout_commit,
+                                        save_state_as_torchscript)
 from ris_models.official.cris import convert_cris_state
 
 _ARCH = {"cris_r50": "RN50", "cris_r101": "RN101"}
@@ -135,6 +136,94 @@ def _check_cris(root: str | Path, preset: str, size: int, word_len: int, seed: i
     same_tokens = torch.equal(tokens["input_ids"], reference_ids)
     diff = (got - expected).abs().max().item()
     init = "random batch-norm statistics" if randomise_norms else "official initialisation"
-    return [f"{preset} vs CRIS.pytorch at {size} px, {word_len} tokens, {str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
+    return [f"{preset} vs CRIS.pytorch {checkout_commit(root)}: {size} px, {word_len} tokens, "
+            f"{str(dtype).replace('torch.', '')}, {init}: {len(state)} of {len(saved['state_dict'])} "
             f"official tensors mapped (dropped: {', '.join(dropped)}); token ids equal: {same_tokens}; "
             f"logits {tuple(got.shape)} up to {expected.abs().max().item():.2f}, max |diff| {diff:.2e}"]
+
+
+#: File of the recorded head fixture (under tests/fixtures/).
+HEAD_FIXTURE = "cris_official_head.pt"
+#: The tiny official CRIS head of the fixture: (channels, side) of C3 / C4 / the ResNet's last map, the attention
+#: pool's table side and heads, the CLIP embedding (sentence feature, C5), FPN widths (the middle one is the
+#: decoder width and the word width), decoder depth / heads / FFN width, and the number of words.
+TINY_HEAD = {"batch": 2, "c3": (32, 24), "c4": (64, 12), "c5": (96, 6), "pool_spacial": 3, "pool_heads": 4,
+             "embed": 64, "fpn_out": (32, 64, 64), "num_layers": 2, "num_head": 4, "dim_ffn": 64, "words": 6}
+
+
+def _float16_exact(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Perturb every norm and bias away from its (1, 0) initialisation, randomise batch-norm statistics, and round
+    all weights to float16-exact values (so the fixture stores them at half the size)."""
+    _randomise_norms(module, generator)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+            p.copy_(p.half().float())
+        for b in module.buffers():
+            if b.is_floating_point():
+                b.copy_(b.half().float())
+
+
+@torch.no_grad()
+def record_cris_head(root: str | Path, out_dir: Path, seed: int = 0) -> Path:
+    """Write the tiny official CRIS head (attention pool, FPN, decoder, projector) run on seeded inputs.
+
+    The weights (official key names, float16), the inputs (float16-exact) and every module's output (float32) are
+    stored; ``tests/test_cris_parity.py`` checks our modules against them without the official code. Recorded on
+    one thread, as the tests run: the thread count changes how float32 sums are split, hence the last bits.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _record_cris_head(Path(root).expanduser(), Path(out_dir), seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _record_cris_head(root: Path, out_dir: Path, seed: int) -> Path:
+    from pseudo_ris.data.io import atomic_write_bytes
+
+    _official_modules(root)  # puts the official ``model`` package into sys.modules
+    clip, layers = sys.modules["model.clip"], sys.modules["model.layers"]
+    t = TINY_HEAD
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    (c3, s3), (c4, s4), (c5, s5), embed = t["c3"], t["c4"], t["c5"], t["embed"]
+    o3, o4, o5 = t["fpn_out"]
+    head = torch.nn.ModuleDict({
+        "pool": clip.AttentionPool2d(t["pool_spacial"], c5, t["pool_heads"], embed),
+        "neck": layers.FPN(in_channels=[c3, c4, embed], out_channels=[o3, o4, o5]),
+        "decoder": layers.TransformerDecoder(t["num_layers"], o4, t["num_head"], t["dim_ffn"], 0.1),
+        "proj": layers.Projector(embed, o4 // 2, 3),
+    })
+    _float16_exact(head, generator)
+    head.eval()
+    b = t["batch"]
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).half().float()
+
+    inputs = {"c3": rand(b, c3, s3, s3), "c4": rand(b, c4, s4, s4), "c5": rand(b, c5, s5, s5),
+              "sentence": rand(b, embed), "words": rand(b, t["words"], o4)}
+    pad_mask = torch.zeros(b, t["words"], dtype=torch.bool)
+    pad_mask[1, t["words"] - 2:] = True
+    # the official forward: backbone.visual -> (C3, C4, attnpool(C5)); neck; decoder; reshape; proj
+    v5 = head["pool"](inputs["c5"])
+    fq = head["neck"]([inputs["c3"], inputs["c4"], v5], inputs["sentence"])
+    bb, cc, hh, ww = fq.shape
+    decoded = head["decoder"](fq, inputs["words"], pad_mask).reshape(bb, cc, hh, ww)
+    logits = head["proj"](decoded, inputs["sentence"])
+    prefixes = {"pool": "backbone.visual.attnpool", "neck": "neck", "decoder": "decoder", "proj": "proj"}
+    state = {f"{prefixes[name]}.{k}": v.half() for name, module in head.items()
+             for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    record = {"source": f"CRIS.pytorch {checkout_commit(root)}: model.clip.AttentionPool2d, model.layers.FPN, "
+                        "TransformerDecoder, Projector (eval mode)",
+              "config": dict(t), "state": state, "inputs": {k: v.half() for k, v in inputs.items()},
+              "pad_mask": pad_mask,
+              "outputs": {"pool": v5, "neck": fq, "decoder": decoded.contiguous(), "logits": logits}}
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    return atomic_write_bytes(out_dir / HEAD_FIXTURE, buffer.getvalue())

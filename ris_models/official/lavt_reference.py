@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ris_models.official.common import CheckpointImportError, check_state_dict
+from ris_models.official.common import CheckpointImportError, check_state_dict, checkout_commit
 from ris_models.official.lavt import convert_lavt_state
 
 #: Files of the recorded fixtures (under tests/fixtures/).
@@ -127,7 +127,7 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "f
     our_feats = ours.encoder(images, our_words, mask)
     our_low = ours.decoder(our_feats)
     our_full = F.interpolate(our_low, size=(size, size), mode="bilinear", align_corners=True)
-    lines = [f"LAVT-RIS {_commit(root)} vs lavt_swin_b at {size} px (CPU {dtype}, random init, batch 2; "
+    lines = [f"LAVT-RIS {checkout_commit(root)} vs lavt_swin_b at {size} px (CPU {dtype}, random init, batch 2; "
              f"{len(state)} tensors mapped, {len(dropped)} dropped)",
              f"  BERT words          max|diff| {(words - our_words).abs().max().item():.3g}"]
     for i, (a, b) in enumerate(zip(feats, our_feats)):
@@ -140,26 +140,6 @@ def check_lavt(root: str | Path, size: int = 480, seed: int = 0, dtype: str = "f
     return lines
 
 
-def _commit(root: str | Path) -> str:
-    """The checkout's commit (short), read from .git without running git; "unknown commit" otherwise."""
-    git = Path(root) / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = git / head[5:]
-            head = ref.read_text().strip() if ref.is_file() else _packed_ref(git, head[5:])
-        return f"at {head[:7]}"
-    except OSError:
-        return "(unknown commit)"
-
-
-def _packed_ref(git: Path, name: str) -> str:
-    for line in (git / "packed-refs").read_text().splitlines():
-        if line.endswith(" " + name):
-            return line.split()[0]
-    raise OSError(name)
-
-
 @torch.no_grad()
 def record_lavt_fixtures(root: str | Path, out_dir: Path, seed: int = 0) -> list[Path]:
     """Write the key/shape JSON of the official Swin-B model and the tiny module-by-module reference."""
@@ -168,7 +148,7 @@ def record_lavt_fixtures(root: str | Path, out_dir: Path, seed: int = 0) -> list
     out_dir.mkdir(parents=True, exist_ok=True)
     with official_lavt(root) as ref:
         model, bert = build_official_swin_b(ref, seed)
-        keys = {"source": f"LAVT-RIS {_commit(root)}: lib.segmentation.lavt(swin_type='base', window12=True) "
+        keys = {"source": f"LAVT-RIS {checkout_commit(root)}: lib.segmentation.lavt(swin_type='base', window12=True) "
                           "state_dict() as 'model', BERT-base (bert.modeling_bert, pooler=None) as 'bert_model'",
                 "model": {k: list(v.shape) for k, v in model.state_dict().items()},
                 "bert_model": {k: list(v.shape) for k, v in bert.state_dict().items()}}

@@ -1,0 +1,99 @@
+"""Where the LAVT stand-ins shipped in the package live, how they are read, and their fingerprint.
+
+``model.pretrained=true`` on ``lavt_tiny`` starts the Swin from ``lavt_tiny_swin.pt`` and the BERT from the
+``lavt_tiny_bert/`` directory (a Hugging Face BERT-MLM directory, as bert-base-uncased is one) in
+``ris_models/assets/pretrained``. Kept free of heavy imports: the RIS model reads it at construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+from torch import nn
+
+from ris_models.registry import ModelConfigError
+
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+SWIN_FILE = "lavt_tiny_swin.pt"
+BERT_DIR = "lavt_tiny_bert"
+BERT_WEIGHTS = "model.safetensors"
+
+
+def standin_paths() -> dict[str, Path]:
+    """``{"swin": file, "bert": directory}`` of the shipped stand-ins (raises naming the missing one)."""
+    paths = {"swin": SHIPPED_DIR / SWIN_FILE, "bert": SHIPPED_DIR / BERT_DIR}
+    if not paths["swin"].is_file() or not (paths["bert"] / BERT_WEIGHTS).is_file():
+        raise ModelConfigError(
+            f"the shipped LAVT stand-ins are missing under {SHIPPED_DIR}; reinstall the package with its package "
+            "data, train them (python tools/train_foundation.py model=swin|bert) and pass model.swin_pretrained / "
+            "model.bert_path, or use model.pretrained=false")
+    return paths
+
+
+def check_lavt_pretrained(value: Any) -> None:
+    """LAVT's ``model.pretrained`` is a boolean (own weights go through ``swin_pretrained`` / ``bert_path``)."""
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"LAVT's model.pretrained is true (the shipped SynthRef Swin and BERT stand-ins) or "
+                               f"false, got {value!r}; give own weights with model.swin_pretrained=<file> and "
+                               "model.bert_path=<BERT directory>")
+
+
+def load_bert_weights(bert: nn.Module, directory: str | Path, vocab_file: str | Path | None = None) -> None:
+    """Fill ``bert`` (a BertModel without pooler) from a BERT-MLM directory's ``model.safetensors``, strictly:
+    every tensor present with its shape (the MLM head ``cls.*`` is ignored).
+
+    One exception keeps the default model working when the shipped vocabulary grows (it is append-only): if the
+    directory's ``vocab.txt`` is a prefix of ``vocab_file``, the known words take their trained embeddings and the
+    new ones keep their random initialisation."""
+    from safetensors.torch import load_file
+
+    file = Path(directory) / BERT_WEIGHTS
+    state = {k[len("bert."):] if k.startswith("bert.") else k: v for k, v in load_file(str(file)).items()
+             if not k.startswith("cls.")}
+    ours = bert.state_dict()
+    words = "embeddings.word_embeddings.weight"
+    if words in state and words in ours and len(state[words]) < len(ours[words]) and \
+            state[words].shape[1:] == ours[words].shape[1:] and _vocab_extends(Path(directory) / "vocab.txt", vocab_file):
+        grown = ours[words].clone()
+        grown[:len(state[words])] = state[words]
+        state[words] = grown
+    wrong = [f"{k} {list(v.shape)} (ours {list(ours[k].shape)})" for k, v in state.items()
+             if k in ours and tuple(v.shape) != tuple(ours[k].shape)]
+    missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+    if wrong or missing or unexpected:
+        raise ModelConfigError(
+            f"BERT stand-in {file} does not fit this text encoder: shapes {wrong[:3]}, missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]} (the stand-ins fit lavt_tiny's architecture and vocabulary only; "
+            "use model.pretrained=false for another architecture)")
+    bert.load_state_dict(state, strict=True)
+
+
+def _vocab_extends(trained: Path, current: str | Path | None) -> bool:
+    """``current`` holds the entries of ``trained`` first, in the same order (the ids the BERT was trained with)."""
+    if current is None or not trained.is_file() or not Path(current).is_file():
+        return False
+    old, new = trained.read_text().split("\n"), Path(current).read_text().split("\n")
+    old = [w for w in old if w]
+    return new[:len(old)] == old
+
+
+def standin_fingerprint(model_cfg: Mapping[str, Any]) -> dict[str, str] | None:
+    """Content hashes of the stand-ins a ``model`` config starts from (None when it uses none): part of a run's
+    identity, so retrained stand-ins never resume a run begun from the old ones."""
+    from ris_models.registry import MODEL_REGISTRY
+
+    name = str(model_cfg.get("name"))
+    preset = MODEL_REGISTRY.get(name, {})
+    if preset.get("model_type") != "lavt":
+        return None
+    pretrained = model_cfg.get("pretrained")
+    if not (preset.get("pretrained") if pretrained is None else pretrained):
+        return None
+    paths = standin_paths()
+    return {"swin": _sha(paths["swin"]), "bert": _sha(paths["bert"] / BERT_WEIGHTS)}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
