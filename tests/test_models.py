@@ -156,8 +156,11 @@ def test_forward_backward_reaches_both_encoders(tiny_models, name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_loss_handles_any_target_size_and_decreases(tiny_models, name):
-    m = copy.deepcopy(tiny_models[name]).train()
+def test_loss_handles_any_target_size_and_decreases(name):
+    # the loss and its gradients, not the starting point: a pretrained CLIP at this learning rate on noise images can
+    # oscillate for the first steps, so this overfit starts from random init
+    torch.manual_seed(0)
+    m = build_model(name, pretrained=False).train()
     images, tok, target = _batch(m)
     small = target[:, ::2, ::2].contiguous()
     assert torch.isfinite(m.loss(m(images, **tok), small))
