@@ -38,14 +38,17 @@ def cosine_lr(step: int, total: int, base: float, warmup: int, min_frac: float) 
     return base * (min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def adamw_without_norm_decay(model: torch.nn.Module, lr: float, weight_decay: float
-                              ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """AdamW with weight decay on matrices only (biases, norms and the temperature are not decayed), and the
-    trainable parameters (for gradient clipping)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
-    return optimizer, params
+def adamw_without_norm_decay(model: torch.nn.Module, lr: float, weight_decay: float,
+                              no_decay_names: tuple[str, ...] = ()) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """AdamW with weight decay on matrices only (biases, norms and the temperature are not decayed; nor are
+    parameters whose name contains one of ``no_decay_names``), and the trainable parameters (for gradient clipping)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    exempt = [p.ndim < 2 or any(s in n for s in no_decay_names) for n, p in named]
+    optimizer = torch.optim.AdamW([{"params": [p for (_, p), e in zip(named, exempt) if not e],
+                                    "weight_decay": weight_decay},
+                                   {"params": [p for (_, p), e in zip(named, exempt) if e], "weight_decay": 0.0}],
+                                  lr=lr)
+    return optimizer, [p for _, p in named]
 
 
 def clamp_logit_scale(model: torch.nn.Module) -> Callable[[], None]:

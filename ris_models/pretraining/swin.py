@@ -28,7 +28,7 @@ from pseudo_ris.data.io import atomic_write_bytes
 from pseudo_ris.data.safe_load import load_torch_file
 from pseudo_ris.foundation.config import config_dict, config_hash, make_config
 from pseudo_ris.foundation.data import scene_at
-from pseudo_ris.foundation.loop import cosine_lr, run_loop, write_recipe
+from pseudo_ris.foundation.loop import adamw_without_norm_decay, cosine_lr, run_loop, write_recipe
 from pseudo_ris.synthref.scene import Scene
 from pseudo_ris.synthref.vocab import COLOURS, SHAPES, SIZES
 from ris_models.pretraining.config import SwinPretrainConfig
@@ -109,15 +109,6 @@ def scene_batch(scenes: list[Scene], input_size: int, mean: torch.Tensor, std: t
             {k: torch.tensor(v, dtype=torch.long) for k, v in labels.items()})
 
 
-def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; as Swin's own training, norms, biases and relative-position tables are not decayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "relative_position_bias_table" in name else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-
-
 def export_state(classifier: AttributeClassifier) -> dict[str, torch.Tensor]:
     """Swin's key layout (``stages.i`` -> ``layers.i``) plus ``head.*``; see module docstring."""
     state = {}
@@ -137,7 +128,9 @@ def train_swin(cfg: SwinPretrainConfig | dict | None = None, out_dir: str | Path
     torch.manual_seed(cfg.seed)
     classifier, _ = build_classifier(cfg.preset)
     io_args = build_model_io(cfg.preset)
-    optimizer = _optimizer(classifier, cfg.lr, cfg.weight_decay)
+    # as Swin's own training, norms, biases and relative-position tables are not decayed
+    optimizer, _ = adamw_without_norm_decay(classifier, cfg.lr, cfg.weight_decay,
+                                            no_decay_names=("relative_position_bias_table",))
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         scenes = [scene_at("swin_train", cfg.seed, step * cfg.batch_scenes + j, cfg.scene or None)
