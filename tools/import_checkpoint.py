@@ -12,12 +12,11 @@ The output evaluates with ``tools/evaluate.py ckpt=<out>`` and fine-tunes with `
 
 from __future__ import annotations
 
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 
 
 def run(cfg: DictConfig) -> None:
@@ -39,11 +38,8 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="import_checkpoint")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():  # bad input: one line and exit code 2 (PSEUDO_RIS_DEBUG=1: traceback)
         run(cfg)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":

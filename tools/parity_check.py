@@ -18,7 +18,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from pseudo_ris.data.errors import PseudoRISError
+from pseudo_ris.cli import user_errors
 
 
 def check_lavt(root: str, size: int = 480, seed: int = 0, record: str | None = None,
@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.lavt_root is None and cfg.cris_root is None:
         print("error: give lavt_root=<LAVT-RIS checkout> and/or cris_root=<CRIS.pytorch checkout>", file=sys.stderr)
         raise SystemExit(2)
-    try:
+    with user_errors():  # bad input: one line and exit code 2 (PSEUDO_RIS_DEBUG=1: traceback)
         if cfg.lavt_root is not None:
             record = None if cfg.lavt_record is None else to_absolute_path(str(cfg.lavt_record))
             for line in check_lavt(to_absolute_path(str(cfg.lavt_root)), int(cfg.lavt_size), int(cfg.seed), record,
@@ -68,9 +68,6 @@ def main(cfg: DictConfig) -> None:
                 for line in check_cris(to_absolute_path(str(cfg.cris_root)), preset, str(cfg.cris_dtype),
                                        bool(cfg.cris_random_norms)):
                     print(line)
-    except PseudoRISError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
 
 
 if __name__ == "__main__":
