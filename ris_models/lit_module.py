@@ -33,7 +33,7 @@ from ris_models.protocol import EvalProtocol, legacy_protocol, protocol_from_con
 from ris_models.registry import RISModel, build_model, complete_saved_config
 
 # Constructor arguments that only say where initial weights come from; they do not change the architecture.
-_WEIGHT_SOURCE_KEYS = ("pretrained", "bert_path", "swin_pretrained")
+_WEIGHT_SOURCE_KEYS = ("pretrained", "bert_standin", "bert_path", "swin_pretrained")
 
 
 class CheckpointError(PseudoRISError):

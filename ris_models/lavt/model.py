@@ -24,8 +24,11 @@ from ris_models.text import ASSETS_DIR, WordPieceTokenizer, resolve_asset
 class LAVTModel(RISModel):
     """See module docstring; constructor arguments are the ``lavt_*`` preset keys of ``ris_models.registry``.
 
-    ``pretrained=True`` starts the Swin and BERT from the SynthRef stand-ins shipped in ``ris_models/assets/pretrained``
-    (they fit ``lavt_tiny`` only); an explicit ``swin_pretrained`` / ``bert_path`` replaces its part of them.
+    ``pretrained=True`` starts the Swin from the SynthRef stand-in shipped in ``ris_models/assets/pretrained``, and the
+    BERT from its stand-in as well when ``bert_standin`` (they fit ``lavt_tiny`` only). The BERT stand-in is opt-in:
+    masked-language modelling on SynthRef's grammar cannot tell colours or shapes apart (they fill the same slots),
+    so its attribute words start as near-synonyms, which a random BERT does not. An explicit ``swin_pretrained`` /
+    ``bert_path`` replaces its part of them.
     """
 
     model_type = "lavt"
@@ -34,6 +37,7 @@ class LAVTModel(RISModel):
         self,
         bert_path: str | None = "bert-base-uncased",
         pretrained: bool = False,
+        bert_standin: bool = False,
         bert_config: dict[str, Any] | None = None,
         vocab_file: str | None = None,
         bert_train_layers: int | None = None,
@@ -63,6 +67,7 @@ class LAVTModel(RISModel):
                      backbone_lr_mult=backbone_lr_mult, stride_reason="patch 4 x 3 merges")
 
         check_lavt_pretrained(pretrained)
+        check_lavt_pretrained(bert_standin, option="bert_standin")
         standins = standin_paths() if pretrained and load_pretrained else {}
         if bert_path is not None:
             check_bert_path(bert_path)
@@ -76,7 +81,7 @@ class LAVTModel(RISModel):
             raise ModelConfigError(f"tokenizer has {self.tokenizer.vocab_size} tokens but BERT's vocabulary is {vocab}")
         if max_tokens > self.text_encoder.config.max_position_embeddings:
             raise ModelConfigError(f"max_tokens={max_tokens} exceeds BERT's max_position_embeddings")
-        if "bert" in standins and bert_path is None:  # an explicit bert_path wins over the stand-in
+        if "bert" in standins and bert_standin and bert_path is None:  # an explicit bert_path wins
             load_bert_weights(self.text_encoder, standins["bert"], self.tokenizer.vocab_file)
         if bert_train_layers is not None:
             _freeze_bert_except_first(self.text_encoder, int(bert_train_layers))

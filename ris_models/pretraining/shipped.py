@@ -1,8 +1,8 @@
 """Where the LAVT stand-ins shipped in the package live, how they are read, and their fingerprint.
 
-``model.pretrained=true`` on ``lavt_tiny`` starts the Swin from ``lavt_tiny_swin.pt`` and the BERT from the
-``lavt_tiny_bert/`` directory (a Hugging Face BERT-MLM directory, as bert-base-uncased is one) in
-``ris_models/assets/pretrained``. Kept free of heavy imports: the RIS model reads it at construction.
+``model.pretrained=true`` on ``lavt_tiny`` starts the Swin from ``lavt_tiny_swin.pt``, and with
+``model.bert_standin=true`` also the BERT from the ``lavt_tiny_bert/`` directory (a Hugging Face BERT-MLM directory,
+as bert-base-uncased is one) in ``ris_models/assets/pretrained``. Kept free of heavy imports: the RIS model reads it at construction.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ def standin_paths() -> dict[str, Path]:
     return paths
 
 
-def check_lavt_pretrained(value: Any) -> None:
-    """LAVT's ``model.pretrained`` is a boolean (own weights go through ``swin_pretrained`` / ``bert_path``)."""
+def check_lavt_pretrained(value: Any, option: str = "pretrained") -> None:
+    """LAVT's ``model.pretrained`` and ``model.bert_standin`` are booleans (own weights go through
+    ``swin_pretrained`` / ``bert_path``)."""
     if not isinstance(value, bool):
-        raise ModelConfigError(f"LAVT's model.pretrained is true (the shipped SynthRef Swin and BERT stand-ins) or "
-                               f"false, got {value!r}; give own weights with model.swin_pretrained=<file> and "
-                               "model.bert_path=<BERT directory>")
+        what = ("the shipped SynthRef Swin stand-in" if option == "pretrained"
+                else "with pretrained=true, the BERT stand-in as well")
+        raise ModelConfigError(f"LAVT's model.{option} is true ({what}) or false, got {value!r}; give own weights "
+                               "with model.swin_pretrained=<file> and model.bert_path=<BERT directory>")
 
 
 def load_bert_weights(bert: nn.Module, directory: str | Path, vocab_file: str | Path | None = None) -> None:
@@ -88,11 +90,17 @@ def standin_fingerprint(model_cfg: Mapping[str, Any]) -> dict[str, str] | None:
     preset = MODEL_REGISTRY.get(name, {})
     if preset.get("model_type") != "lavt":
         return None
-    pretrained = model_cfg.get("pretrained")
-    if not (preset.get("pretrained") if pretrained is None else pretrained):
+    def option(key: str) -> Any:
+        value = model_cfg.get(key)
+        return preset.get(key, False) if value is None else value
+
+    if not option("pretrained"):
         return None
     paths = standin_paths()
-    return {"swin": _sha(paths["swin"]), "bert": _sha(paths["bert"] / BERT_WEIGHTS)}
+    hashes = {"swin": _sha(paths["swin"])}
+    if option("bert_standin"):
+        hashes["bert"] = _sha(paths["bert"] / BERT_WEIGHTS)
+    return hashes
 
 
 def _sha(path: Path) -> str:
