@@ -56,13 +56,16 @@ def enabled() -> bool:
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 2 and not torch.is_grad_enabled() and enabled())
+            and x.dim() == 2 and x.shape[0] > 0 and not torch.is_grad_enabled() and enabled())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            gelu: bool = False) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` (then exact-erf GELU if ``gelu``); ``weight`` [out, in] may be a view."""
     if _eligible(x, weight):
+        x = x.contiguous()
+        if not (weight.is_contiguous() or weight.t().is_contiguous()):  # oneDNN takes plain or transposed layouts
+            weight = weight.contiguous()
         if gelu:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
