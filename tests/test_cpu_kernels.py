@@ -62,3 +62,10 @@ def test_switch_and_grad_fall_back_to_torch():
     w.requires_grad_(True)
     K.linear(x, w, b).sum().backward()  # autograd: plain torch path
     assert w.grad is not None
+
+
+@torch.no_grad()
+def test_cpu_autocast_is_followed():
+    x, w, b = _data()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert K.linear(x, w, b).dtype == torch.bfloat16  # F.linear under autocast, not the float32 kernel

@@ -6,7 +6,7 @@ oneDNN's kernels (the ones torch's compiler uses for CPU linears) run the same f
 there. They are still float32 with float32 accumulation (only the summation order differs, so results agree with
 ``F.linear`` to float32 rounding) as long as torch's oneDNN float32 math mode is left at its default.
 
-The kernels are used only for 2-D float32 CPU inputs without autograd, and only after a one-time probe has run
+The kernels are used only for 2-D float32 CPU inputs without autograd or CPU autocast, and only after a one-time probe has run
 the op and matched ``F.linear``; everywhere else (GPU, other dtypes, torch builds without oneDNN) these helpers
 are plain ``F.linear`` / ``@``. ``set_enabled(False)`` switches them off (benchmarks, tests).
 """
@@ -56,7 +56,16 @@ def enabled() -> bool:
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 2 and x.shape[0] > 0 and not torch.is_grad_enabled() and enabled())
+            and x.dim() == 2 and x.shape[0] > 0 and not torch.is_grad_enabled() and not _cpu_autocast()
+            and enabled())
+
+
+def _cpu_autocast() -> bool:
+    """CPU autocast on: leave the products to ``F.linear``, which follows it."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
