@@ -174,7 +174,17 @@ def _steppers(bundle, n_images=4, max_positions=12):
     return CachedCocaStepper(*args), ReferenceCocaStepper(*args)
 
 
-def test_cached_equals_uncached_logits_and_probs(tiny):
+@pytest.fixture(params=["onednn", "torch"])
+def kernels(request):
+    """Run a test with the cached stepper's products on oneDNN's kernels (where torch has them) and on plain torch."""
+    from pseudo_ris.captioning import cpu_kernels
+
+    cpu_kernels.set_enabled(request.param == "onednn")
+    yield request.param
+    cpu_kernels.set_enabled(True)
+
+
+def test_cached_equals_uncached_logits_and_probs(tiny, kernels):
     cached, ref = _steppers(tiny)
     assert cached.has_contrast.tolist() == [True, True, True, True, False, False, False]
     g = torch.Generator().manual_seed(1)
@@ -244,7 +254,7 @@ def test_contrast_weights_use_similarity(tiny):
     assert torch.allclose(z, z_single, atol=1e-5)
 
 
-def test_sampler_cached_equals_reference(tiny):
+def test_sampler_cached_equals_reference(tiny, kernels):
     settings = [DecodeSetting("topk", 3, True), DecodeSetting("topp", 0.7, True), DecodeSetting("topk", 2)]
     views = torch.rand(3, 2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     a = generate_candidates(tiny, views, settings, generator=torch.Generator().manual_seed(7), max_len=12)

@@ -309,5 +309,8 @@ def test_pipeline_scores_masked_crops_with_noun_prompts_and_context_crops_with_c
     # the stored vectors are the scores against every mask; DoC is recomputable from them
     assert red_on_red["M_all"][0] == red_on_red["M"] and len(red_on_red["C_all"]) == 2
     assert red_on_red["M_all"] == red_on_blue["M_all"]  # same caption -> same scores, only the target differs
-    assert np.array_equal(rle_to_mask(red_on_red["mask_rle"]), masks[0])
-    assert np.array_equal(rle_to_mask(red_on_blue["mask_rle"]), masks[1])
+    # a row names its mask by index; the image's done row holds each mask once
+    assert "mask_rle" not in red_on_red
+    masks_by_index = {m["index"]: rle_to_mask(m["rle"]) for m in image_row["masks"]}
+    assert np.array_equal(masks_by_index[red_on_red["mask_index"]], masks[0])
+    assert np.array_equal(masks_by_index[red_on_blue["mask_index"]], masks[1])

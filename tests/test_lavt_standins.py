@@ -320,8 +320,12 @@ def test_run_identity_holds_the_switch_and_the_stand_ins_content():
     both = run_identity({"model": {"name": "lavt_tiny", "pretrained": True, "bert_standin": True}, "seed": 0})
     off = run_identity({"model": {"name": "lavt_tiny", "pretrained": False, "bert_standin": True}, "seed": 0})
     assert set(on["standin_weights"]) == {"swin"} and "standin_weights" not in off
-    assert set(both["standin_weights"]) == {"swin", "bert"} and both["standin_weights"]["swin"] == on["standin_weights"]["swin"]
-    assert "standin_weights" not in run_identity({"model": {"name": "cris_tiny", "pretrained": None}})
+    assert set(both["standin_weights"]) == {"swin", "bert"}
+    assert both["standin_weights"]["swin"] == on["standin_weights"]["swin"]
+    # the tiny CRIS starts from the shipped CLIP stand-in by default (its preset says pretrained=true)
+    cris = run_identity({"model": {"name": "cris_tiny", "pretrained": None}})
+    assert set(cris["standin_weights"]) == {"clip"}
+    assert "standin_weights" not in run_identity({"model": {"name": "cris_tiny", "pretrained": False}})
 
 
 def test_a_run_recorded_before_the_switch_is_not_resumed_with_the_stand_ins(tmp_path):

@@ -196,6 +196,18 @@ def test_import_tool(official_tiny, tmp_path):
         tool.run(cfg("source=cris", "model=lavt_tiny", f"path={path}", f"out={tmp_path / 'x.ckpt'}"))
     with pytest.raises(CheckpointImportError, match="out=... is required"):
         tool.run(cfg("source=cris", "model=cris_tiny", f"path={path}"))
+    import ris_models.training as training
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the input file was checked")
+
+    real_build, training.build_ris_model = training.build_ris_model, no_build
+    try:
+        with pytest.raises(CheckpointImportError, match="missing.pth: no such file"):
+            tool.run(cfg("source=cris", "model=cris_tiny", f"path={tmp_path / 'missing.pth'}",
+                         f"out={tmp_path / 'x.ckpt'}"))
+    finally:
+        training.build_ris_model = real_build
     tool.run(cfg("source=cris", "model=cris_tiny", "dataset=refcocog", f"path={path}", f"out={tmp_path / 'x.ckpt'}"))
     lit = load_checkpoint(tmp_path / "x.ckpt")
     assert lit.data_info == {"dataset": "refcocog", "split_by": "umd"}

@@ -19,6 +19,10 @@ sampling settings of the paper (top-k 5..13, top-p 0.4..0.8), captions forced to
   boundary landed on different sides -- with a near-uniform random-init 49k vocabulary top-p keeps thousands of
   tokens, so this happens; it is a property of any discontinuous rule, not of the cache).
 
+``--kernels torch`` runs the cached path's products on torch's own ops instead of oneDNN's CPU kernels
+(``pseudo_ris.captioning.cpu_kernels``), to separate the kernel gain from the algorithmic one; the uncached
+reference always runs open_clip's modules as they are.
+
 Times are this process's CPU seconds by default (``--clock cpu``, with ``--threads 1``): on a machine shared with
 other jobs, wall time swings by 2x within minutes, CPU time does not.
 
@@ -36,6 +40,7 @@ import torch
 
 from pseudo_ris.captioning import (DecodeSetting, WordTokenizer, encode_views, generate_candidates, load_coca,
                                    next_token_probs)
+from pseudo_ris.captioning import cpu_kernels
 from pseudo_ris.captioning.decoding import as_dense, sample_categorical
 from pseudo_ris.captioning.steppers import CachedCocaStepper, ReferenceCocaStepper
 
@@ -140,10 +145,14 @@ def main() -> None:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: this process's CPU time (default; steady on a shared machine, meaningful with "
                              "--threads 1); wall: elapsed time")
+    parser.add_argument("--kernels", choices=["onednn", "torch"], default="onednn",
+                        help="cached path's CPU products: oneDNN's kernels where torch has them (default), or "
+                             "torch's own ops")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cpu_kernels.set_enabled(args.kernels == "onednn")
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     ns = [2, 10] if args.quick else args.n
@@ -156,7 +165,8 @@ def main() -> None:
               f"{'speedup':>8} {'max|dp|':>9} {'max|dz|':>9} {'flips':>8}")
     lines, first_speedup = [], {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.clock} clock, float32, "
-          f"length {MAX_LEN}, 10 distinctive settings, one view", flush=True)
+          f"length {MAX_LEN}, 10 distinctive settings, one view, cached products on "
+          f"{'oneDNN' if cpu_kernels.enabled() else 'torch ops'}", flush=True)
     for name in args.models:
         bundle = _bundle(name)
         _time_cached(bundle, 2, args.batch_size, args.seed)  # untimed warm-up: first-call allocations and kernels

@@ -12,6 +12,7 @@ The output evaluates with ``tools/evaluate.py ckpt=<out>`` and fine-tunes with `
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -27,6 +28,8 @@ def run(cfg: DictConfig) -> None:
     for key in ("source", "path", "out"):
         if not cfg.get(key):
             raise CheckpointImportError(f"{key}=... is required (see tools/import_checkpoint.py --help)")
+    if not Path(str(cfg.path)).expanduser().is_file():  # before the (possibly large) model is built
+        raise CheckpointImportError(f"path={cfg.path}: no such file")
     check_request(str(cfg.source), str(cfg.model.name))
     model = build_ris_model(cfg.model, cfg.get("dataset"), load_pretrained=False)
     dataset = cfg.get("dataset")

@@ -32,6 +32,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from .cpu_kernels import matmul
+
 __all__ = [
     "MAX_CONTRAST",
     "LazyContrast",
@@ -80,7 +82,7 @@ class LazyContrast:
     on_use: Callable[[bool], None] | None = None  # told whether an evaluation needed most columns
 
     def full(self) -> torch.Tensor:
-        return self.hidden @ self.weight if self.dense is None else self.dense
+        return matmul(self.hidden, self.weight) if self.dense is None else self.dense
 
     def on_columns(self, keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """[R,V], exact on the columns kept by any selected row (``keep`` [R,V], ``rows`` [R] bool); elsewhere 0,
@@ -96,9 +98,9 @@ class LazyContrast:
             return self.dense
         out = torch.zeros(keep.shape, dtype=self.hidden.dtype, device=self.hidden.device)
         if most:
-            out[idx] = self.hidden[idx] @ self.weight
+            out[idx] = matmul(self.hidden[idx], self.weight)
         else:
-            out[idx[:, None], cols[None, :]] = self.hidden[idx] @ self.weight[:, cols]
+            out[idx[:, None], cols[None, :]] = matmul(self.hidden[idx], self.weight[:, cols])
         return out
 
 

@@ -19,6 +19,8 @@ and uses the linearity of the bias-free vocabulary projection after the final La
 projection (a 49k-column weight read for a few dozen rows) is bound by memory traffic, so once the sampler has
 needed most columns of the contrast term (near-uniform logits, e.g. a random-init model) the next steps project
 z and the contrast term in one pass over the weight.
+The cached stepper's matrix products go through ``cpu_kernels`` (oneDNN's float32 kernels on CPU where torch has
+them: ~2.2x faster than MKL's generic path on AMD CPUs; plain torch ops elsewhere).
 ``ReferenceCocaStepper`` recomputes everything per pair at every step like the official code; it is kept for
 tests (equality) and the benchmark (speed).
 """
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels as K
 from .decoding import LazyContrast
 
 __all__ = [
@@ -86,9 +89,10 @@ def precompute_cross_kv(model: nn.Module, image_embs: torch.Tensor) -> list[tupl
         heads = block.attn.num_heads
         kv_in = block.ln_1_kv(image_embs)
         w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
-        k = F.linear(kv_in, w[d:2 * d], None if b is None else b[d:2 * d])
-        v = F.linear(kv_in, w[2 * d:], None if b is None else b[2 * d:])
-        m, s, _ = k.shape
+        m, s, _ = kv_in.shape
+        kv_in = kv_in.reshape(m * s, d)
+        k = K.linear(kv_in, w[d:2 * d], None if b is None else b[d:2 * d])
+        v = K.linear(kv_in, w[2 * d:], None if b is None else b[2 * d:])
         out.append((k.view(m, s, heads, -1).transpose(1, 2).contiguous(),
                     v.view(m, s, heads, -1).transpose(1, 2).contiguous()))
     return out
@@ -105,6 +109,15 @@ def _check_blocks(blocks) -> None:
 def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, D] -> [B, H, 1, Dh]"""
     return x.view(x.shape[0], n_heads, 1, -1)
+
+
+def _single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(Dh)) v for one query per (row, head): q [B,H,1,Dh], k/v [B,H,T,Dh] (cache slices).
+
+    Two batched products: on CPU ~1.5x faster than ``scaled_dot_product_attention``'s flash kernel for a single
+    query over a few dozen cached keys; same float32 math."""
+    scores = torch.matmul(q * (q.shape[-1] ** -0.5), k.transpose(-1, -2))
+    return torch.matmul(scores.softmax(dim=-1), v)
 
 
 class CachedCocaStepper:
@@ -161,13 +174,13 @@ class CachedCocaStepper:
     def _self_block(self, block, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor], heads: int):
         t = self.t
         attn = block.attn
-        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = K.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
         kc, vc = cache
         kc[:, :, t] = k.view(k.shape[0], heads, -1)
         vc[:, :, t] = v.view(v.shape[0], heads, -1)
-        o = F.scaled_dot_product_attention(_heads(q, heads), kc[:, :, : t + 1], vc[:, :, : t + 1])
-        x = x + block.ls_1(attn.out_proj(o.reshape(x.shape[0], -1)))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+        o = _single_query_attention(_heads(q, heads), kc[:, :, : t + 1], vc[:, :, : t + 1])
+        x = x + block.ls_1(K.linear(o.reshape(x.shape[0], -1), attn.out_proj.weight, attn.out_proj.bias))
+        return x + block.ls_2(K.mlp(block.mlp, block.ln_2(x)))
 
     def _cross_block(self, block, y: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
                      expand: torch.Tensor | None = None):
@@ -176,7 +189,7 @@ class CachedCocaStepper:
         attn = block.attn
         d = self.width
         b = attn.in_proj_bias
-        q = F.linear(block.ln_1(y), attn.in_proj_weight[:d], None if b is None else b[:d])
+        q = K.linear(block.ln_1(y), attn.in_proj_weight[:d], None if b is None else b[:d])
         if expand is not None:
             y, q = y[expand], q[expand]
         heads = self.n_dec_heads
@@ -200,8 +213,8 @@ class CachedCocaStepper:
                 oi = F.scaled_dot_product_attention(qh, k_all[img:img + 1], v_all[img:img + 1])
                 outs.append(oi.transpose(1, 2).reshape(qi.shape[0], -1))
             o = torch.cat(outs)
-        y = y + block.ls_1(attn.out_proj(o))
-        return y + block.ls_2(block.mlp(block.ln_2(y)))
+        y = y + block.ls_1(K.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+        return y + block.ls_2(K.mlp(block.mlp, block.ln_2(y)))
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, LazyContrast]:
@@ -224,9 +237,9 @@ class CachedCocaStepper:
         h_dep = torch.zeros(self.n_rows, h.shape[1], device=h.device, dtype=h.dtype)
         h_dep.index_add_(0, self.pairs.pair_row, h * self.pairs.weight[:, None])
         if not self.fuse_contrast:
-            return h_own @ self.proj, LazyContrast(h_dep, self.proj, on_use=self._note_contrast_use)
+            return K.matmul(h_own, self.proj), LazyContrast(h_dep, self.proj, on_use=self._note_contrast_use)
         idx = torch.nonzero(self.has_contrast).flatten()
-        both = torch.cat([h_own, h_dep[idx]]) @ self.proj
+        both = K.matmul(torch.cat([h_own, h_dep[idx]]), self.proj)
         z = both[: self.n_rows]
         if idx.numel() == self.n_rows:
             dense = both[self.n_rows:]

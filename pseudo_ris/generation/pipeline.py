@@ -142,12 +142,12 @@ class PseudoLabelPipeline:
         C = logits_c[:, [index[t] for t in texts]].double().cpu().numpy()
         return M, C, nouns
 
-    def _row(self, item: ImageItem, mi: int, rle: dict, cand_index: int, view: int, setting: str,
+    def _row(self, item: ImageItem, mi: int, cand_index: int, view: int, setting: str,
              distinctive: bool, text: str, noun: str, M: np.ndarray, C: np.ndarray) -> dict:
         """One stored candidate: its text, where it came from, and its scores against every mask (``M``, ``C``)."""
         doc, uniq, corr = doc_scores(M, C, mi, self.score_transform)
         return {
-            "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi, "mask_rle": rle,
+            "image_id": item.image_id, "file_name": item.file_name, "mask_index": mi,
             "cand_index": cand_index,
             "view": view, "view_name": VIEW_NAMES[view] if view < len(VIEW_NAMES) else str(view),
             "setting": setting, "distinctive": distinctive,
@@ -156,8 +156,8 @@ class PseudoLabelPipeline:
             "doc": doc, "uniqueness": uniq, "correctness": corr, "score_transform": self.score_transform,
         }
 
-    def _spatial_rows(self, image: np.ndarray, masks: list[ObjectMask], item: ImageItem, rows: list[dict],
-                      rles: list[dict]) -> list[dict]:
+    def _spatial_rows(self, image: np.ndarray, masks: list[ObjectMask], item: ImageItem, rows: list[dict]
+                      ) -> list[dict]:
         """Candidates with a location / size phrase added (``spatial.enabled``), scored like every other one."""
         if not self.spatial.enabled or not rows:
             return []
@@ -167,7 +167,7 @@ class PseudoLabelPipeline:
         if not proposals:
             return []
         M, C, nouns = self.score(image, masks, [p.text for p in proposals])
-        return [self._row(item, p.mask_index, rles[p.mask_index], len(rows) + k, int(rows[p.source]["view"]),
+        return [self._row(item, p.mask_index, len(rows) + k, int(rows[p.source]["view"]),
                           f"spatial_{p.kind}", False, p.text, noun, M[:, k], C[:, k])
                 for k, (p, noun) in enumerate(zip(proposals, nouns))]
 
@@ -190,14 +190,13 @@ class PseudoLabelPipeline:
         cands = [(mi, c) for mi, cs in enumerate(per_mask) for c in cs if c.text.strip()]
         image_row["n_empty_captions"] = sum(len(cs) for cs in per_mask) - len(cands)
         rows: list[dict] = []
-        rles = [m["rle"] for m in image_row["masks"]]
         if cands:
             texts = [c.text.strip() for _, c in cands]
             M, C, nouns = self.score(image, masks, texts)
             for k, ((mi, cand), text, noun) in enumerate(zip(cands, texts, nouns)):
-                rows.append(self._row(item, mi, rles[mi], k, int(cand.view), str(getattr(cand, "setting", "")),
+                rows.append(self._row(item, mi, k, int(cand.view), str(getattr(cand, "setting", "")),
                                       bool(getattr(cand, "distinctive", False)), text, noun, M[:, k], C[:, k]))
-            rows += self._spatial_rows(image, masks, item, rows, rles)
+            rows += self._spatial_rows(image, masks, item, rows)
         image_row["seconds"] = time.perf_counter() - t0
         return image_row, rows
 

@@ -45,7 +45,6 @@ def write_synthetic_store(out_dir: str | Path, images: int, *, masks_per_image: 
     rng = random.Random(seed)
     draw = np.random.default_rng(seed)
     templates = _box_rles(32, height, width, rng)  # a pool of mask shapes, reused (RLE encoding is slow)
-    template_json = [json.dumps(rle) for rle, _, _ in templates]
     # scores are k / 10^4 for k in [15 * 10^4, 35 * 10^4]: their JSON text comes from one table, no per-value repr
     score_text = [repr(k / 10_000) for k in range(_SCORE_LO, _SCORE_HI + 1)]
     n_rows_image = masks_per_image * candidates_per_mask
@@ -75,7 +74,7 @@ def write_synthetic_store(out_dir: str | Path, images: int, *, masks_per_image: 
                 m_all = [score_text[v - _SCORE_LO] for v in scores[0][k]]
                 c_all = [score_text[v - _SCORE_LO] for v in scores[1][k]]
                 lines.append(
-                    f'{head}{mi}, "mask_rle": {template_json[picks[mi]]}, "cand_index": {k}, {fixed[c]}, '
+                    f'{head}{mi}, "cand_index": {k}, {fixed[c]}, '
                     f'"text": "{" ".join(text_words)}", "noun": "{text_words[-1]}", "M": {m_all[mi]}, '
                     f'"C": {c_all[mi]}, "M_all": [{", ".join(m_all)}], "C_all": [{", ".join(c_all)}], "doc": null, '
                     f'"uniqueness": null, "correctness": {m_all[mi]}, "score_transform": "logit", "key": "{key}"}}\n')

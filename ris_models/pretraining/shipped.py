@@ -82,25 +82,30 @@ def _vocab_extends(trained: Path, current: str | Path | None) -> bool:
 
 
 def standin_fingerprint(model_cfg: Mapping[str, Any]) -> dict[str, str] | None:
-    """Content hashes of the stand-ins a ``model`` config starts from (None when it uses none): part of a run's
-    identity, so retrained stand-ins never resume a run begun from the old ones."""
+    """Content hashes of the shipped stand-ins a ``model`` config starts from (``pretrained=true``; None when it uses
+    none): part of a run's identity, so retrained stand-ins never resume a run begun from the old ones."""
     from ris_models.registry import MODEL_REGISTRY
 
     name = str(model_cfg.get("name"))
     preset = MODEL_REGISTRY.get(name, {})
-    if preset.get("model_type") != "lavt":
-        return None
+
     def option(key: str) -> Any:
         value = model_cfg.get(key)
         return preset.get(key, False) if value is None else value
 
-    if not option("pretrained"):
-        return None
-    paths = standin_paths()
-    hashes = {"swin": _sha(paths["swin"])}
-    if option("bert_standin"):
-        hashes["bert"] = _sha(paths["bert"] / BERT_WEIGHTS)
-    return hashes
+    if option("pretrained") is not True:
+        return None  # random init, or weights named by the user (a tag or a path, recorded as given)
+    if preset.get("model_type") == "lavt":
+        paths = standin_paths()
+        hashes = {"swin": _sha(paths["swin"])}
+        if option("bert_standin"):
+            hashes["bert"] = _sha(paths["bert"] / BERT_WEIGHTS)
+        return hashes
+    if preset.get("model_type") == "cris":  # the SynthRef CLIP stand-in the tiny CRIS starts from
+        from ris_models.cris.encoders import shipped_clip_standin
+
+        return {"clip": _sha(shipped_clip_standin())}
+    return None
 
 
 def _sha(path: Path) -> str:
