@@ -161,35 +161,35 @@ def test_bert_evaluation_reports_accuracy_and_the_constant_guess(few_step_bert):
 
 # --- the shipped stand-ins --------------------------------------------------------------------------------------
 
-def test_default_lavt_tiny_starts_from_the_shipped_swin_and_false_from_scratch():
+def test_lavt_tiny_starts_from_scratch_by_default_and_from_the_shipped_swin_when_asked():
     from safetensors.torch import load_file
 
     swin = torch.load(SHIPPED_DIR / SWIN_FILE, map_location="cpu", weights_only=True)
     bert = load_file(str(SHIPPED_DIR / BERT_DIR / "model.safetensors"))
-    model = build_model("lavt_tiny")
-    assert model.config["pretrained"] is True and model.config["bert_standin"] is False
+    words = bert["bert.embeddings.word_embeddings.weight"]
+    torch.manual_seed(0)
+    default = build_model("lavt_tiny")
+    assert default.config["pretrained"] is False and default.config["bert_standin"] is False
+    assert not torch.equal(default.encoder.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
+    model = build_model("lavt_tiny", pretrained=True)
     assert torch.equal(model.encoder.stages[3].blocks[0].attn.qkv.weight, swin["layers.3.blocks.0.attn.qkv.weight"])
     assert torch.equal(model.encoder.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
-    words = bert["bert.embeddings.word_embeddings.weight"]
     assert not torch.equal(model.text_encoder.embeddings.word_embeddings.weight, words)  # BERT: random init
-    both = build_model("lavt_tiny", bert_standin=True)
+    both = build_model("lavt_tiny", pretrained=True, bert_standin=True)
     assert torch.equal(both.text_encoder.embeddings.word_embeddings.weight, words)
     assert torch.equal(both.encoder.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
     torch.manual_seed(0)
-    scratch = build_model("lavt_tiny", pretrained=False)
-    torch.manual_seed(0)
-    scratch2 = build_model("lavt_tiny", pretrained=False, bert_standin=True)  # nothing without pretrained=true
-    assert not torch.equal(scratch.encoder.patch_embed.proj.weight, swin["patch_embed.proj.weight"])
-    assert torch.equal(scratch.encoder.patch_embed.proj.weight, scratch2.encoder.patch_embed.proj.weight)
+    scratch = build_model("lavt_tiny", pretrained=False, bert_standin=True)  # nothing without pretrained=true
+    assert torch.equal(scratch.encoder.patch_embed.proj.weight, default.encoder.patch_embed.proj.weight)
     assert torch.equal(scratch.text_encoder.embeddings.word_embeddings.weight,
-                       scratch2.text_encoder.embeddings.word_embeddings.weight)
-    # the default's BERT is the from-scratch one (same seed, same draws): only the Swin differs
+                       default.text_encoder.embeddings.word_embeddings.weight)
+    # with the Swin stand-in, the BERT is the from-scratch one (same seed, same draws): only the Swin differs
     torch.manual_seed(0)
-    default = build_model("lavt_tiny")
-    assert torch.equal(default.text_encoder.embeddings.word_embeddings.weight,
+    swin_only = build_model("lavt_tiny", pretrained=True)
+    assert torch.equal(swin_only.text_encoder.embeddings.word_embeddings.weight,
                        scratch.text_encoder.embeddings.word_embeddings.weight)
     # rebuilding for a checkpoint reads no encoder weights at all
-    assert not torch.equal(build_model("lavt_tiny", load_pretrained=False).encoder.patch_embed.proj.weight,
+    assert not torch.equal(build_model("lavt_tiny", pretrained=True, load_pretrained=False).encoder.patch_embed.proj.weight,
                            swin["patch_embed.proj.weight"])
 
 
@@ -208,13 +208,14 @@ def _attribute_word_cosine(model) -> float:
     return sum(means) / 2
 
 
-def test_default_lavt_tiny_starts_with_colour_and_shape_words_apart():
+def test_lavt_tiny_starts_with_colour_and_shape_words_apart_with_or_without_the_swin_stand_in():
     """The RIS model must tell "red" from "blue": the MLM stand-in cannot (SynthRef's grammar puts every colour in
-    the same slots, so masked-word prediction makes them near-synonyms), which is why it is not the default."""
+    the same slots, so masked-word prediction makes them near-synonyms), so pretrained=true does not load it."""
     torch.manual_seed(0)
     assert _attribute_word_cosine(build_model("lavt_tiny")) < 0.3
-    # the stand-in's collapse, measured (the reason for bert_standin=false): 0.88 for the shipped file
-    assert _attribute_word_cosine(build_model("lavt_tiny", bert_standin=True)) > 0.6
+    assert _attribute_word_cosine(build_model("lavt_tiny", pretrained=True)) < 0.3
+    # the stand-in's collapse, measured (the reason for bert_standin=false): 0.88 / 0.90 for the shipped file
+    assert _attribute_word_cosine(build_model("lavt_tiny", pretrained=True, bert_standin=True)) > 0.6
 
 
 def test_bert_standin_takes_a_boolean():
@@ -233,14 +234,14 @@ def test_a_grown_vocabulary_keeps_the_trained_embeddings_and_another_one_is_refu
     shipped_vocab = (SHIPPED_DIR / BERT_DIR / "vocab.txt").read_text()
     grown = tmp_path / "grown.txt"
     grown.write_text(shipped_vocab + "zebra\n")  # the vocabulary is append-only
-    model = build_model("lavt_tiny", vocab_file=str(grown), bert_standin=True)
+    model = build_model("lavt_tiny", vocab_file=str(grown), pretrained=True, bert_standin=True)
     emb = model.text_encoder.embeddings.word_embeddings.weight
     assert emb.shape[0] == trained.shape[0] + 1 and torch.equal(emb[:-1], trained)
     reordered = tmp_path / "reordered.txt"
     lines = shipped_vocab.split()
     reordered.write_text("\n".join(lines[:10] + [lines[11], lines[10]] + lines[12:] + ["zebra"]) + "\n")
     with pytest.raises(ModelConfigError, match="does not fit"):
-        build_model("lavt_tiny", vocab_file=str(reordered), bert_standin=True)
+        build_model("lavt_tiny", vocab_file=str(reordered), pretrained=True, bert_standin=True)
 
 
 def test_pretrained_takes_a_boolean_and_is_checked_before_any_data_is_prepared():
@@ -320,6 +321,7 @@ def test_run_identity_holds_the_switch_and_the_stand_ins_content():
     both = run_identity({"model": {"name": "lavt_tiny", "pretrained": True, "bert_standin": True}, "seed": 0})
     off = run_identity({"model": {"name": "lavt_tiny", "pretrained": False, "bert_standin": True}, "seed": 0})
     assert set(on["standin_weights"]) == {"swin"} and "standin_weights" not in off
+    assert "standin_weights" not in run_identity({"model": {"name": "lavt_tiny", "pretrained": None}, "seed": 0})
     assert set(both["standin_weights"]) == {"swin", "bert"}
     assert both["standin_weights"]["swin"] == on["standin_weights"]["swin"]
     # the tiny CRIS starts from the shipped CLIP stand-in by default (its preset says pretrained=true)

@@ -1,7 +1,7 @@
 """Train a SynthRef foundation model: ``python tools/train_foundation.py model=sam|coca|clip|swin|bert steps=... out=...``.
 
 Thin Hydra entry point over `pseudo_ris.foundation.train_sam` / `train_coca` / `train_clip` and, for the encoders the
-tiny LAVT starts from, `ris_models.pretraining` (`train_swin` / `train_bert`). Rerunning the same command resumes
+tiny LAVT can start from, `ris_models.pretraining` (`train_swin` / `train_bert`). Rerunning the same command resumes
 from ``<out>/train_state.pt``. The config lives in conf/foundation.yaml; it is registered in Hydra's ConfigStore
 rather than read from the conf/ search path so that ``model=...`` stays a plain key even though conf/ also has a
 ``model`` config group for the RIS trainers.

@@ -4,7 +4,8 @@
   of generated foundation scenes;
 - `train_bert` / `evaluate_bert` (``bert.py``): the preset's BERT learns masked-language modelling on referring
   expressions written by SynthRef's grammar for foundation scenes;
-- ``shipped.py``: the files shipped in ``ris_models/assets/pretrained`` that ``model.pretrained=true`` loads.
+- ``shipped.py``: the files shipped in ``ris_models/assets/pretrained`` that ``model.pretrained=true`` loads (the
+  BERT only with ``model.bert_standin=true``; ``lavt_tiny`` starts from random init by default).
 
 Foundation scenes are drawn from seed streams no SynthRef split uses (`pseudo_ris.foundation.data`), so neither
 stand-in ever sees an evaluation image or sentence. Command line: ``python tools/train_foundation.py model=swin|bert``.
