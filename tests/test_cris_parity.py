@@ -21,6 +21,8 @@ from ris_models.cris.neck import TextGatedFPN
 from ris_models.official.cris import our_key
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cris_official_head.pt"
+# float32 kernels differ between CPUs (AVX2 vs AVX-512 builds of the same torch) by a few units in the last place,
+# which grow with the values' magnitude: the tolerance scales with the largest recorded value
 TOL = 1e-6
 
 
@@ -56,7 +58,8 @@ def head(recorded) -> dict[str, torch.nn.Module]:
 def _check(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     assert got.shape == expected.shape, what
     diff = (got - expected).abs().max().item()
-    assert diff <= TOL, f"{what}: max |diff| {diff:.2e} (values up to {expected.abs().max().item():.2f})"
+    scale = max(1.0, expected.abs().max().item())
+    assert diff <= TOL * scale, f"{what}: max |diff| {diff:.2e} (values up to {scale:.2f})"
 
 
 def test_fixture_is_a_nontrivial_official_head(recorded):
