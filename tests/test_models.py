@@ -157,14 +157,15 @@ def test_forward_backward_reaches_both_encoders(tiny_models, name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_loss_handles_any_target_size_and_decreases(name):
-    # the loss and its gradients, not the starting point: a pretrained CLIP at this learning rate on noise images can
-    # oscillate for the first steps, so this overfit starts from random init
+    # the loss and its gradients, not the starting point: this overfit starts from random init, at a learning rate
+    # (1e-3) where both tiny models descend steadily; at 3e-3 the tiny CRIS oscillates, and whether its 8th loss is
+    # below its first then depends on the CPU's float32 kernels
     torch.manual_seed(0)
     m = build_model(name, pretrained=False).train()
     images, tok, target = _batch(m)
     small = target[:, ::2, ::2].contiguous()
     assert torch.isfinite(m.loss(m(images, **tok), small))
-    opt = torch.optim.AdamW([g for g in m.param_groups(3e-3)])
+    opt = torch.optim.AdamW([g for g in m.param_groups(1e-3)])
     losses = []
     for _ in range(8):
         opt.zero_grad()
