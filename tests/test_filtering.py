@@ -65,6 +65,43 @@ def test_threshold_and_fallback_policies():
     assert select_candidates([], pol) == ([], "dropped")
 
 
+def _texts(pairs):
+    return [{"text": text, "doc": doc, "uniqueness": doc, "correctness": 0.0} for text, doc in pairs]
+
+
+def test_head_consensus_keeps_the_noun_most_candidates_use():
+    rows = _texts([("a yellow circle", 5.0), ("a yellow square", 50.0), ("a circle", 0.5),
+                   ("the yellow circle on the left", 3.0)])
+    # DoC alone keeps the wrong noun, even as its best candidate
+    assert select_candidates(rows, FilterPolicy(threshold=1.0)) == ([0, 1, 3], "pass")
+    # 3 of 4 candidates say circle: the square is out, the threshold still applies among the circles
+    assert select_candidates(rows, FilterPolicy(threshold=1.0, head_consensus=True)) == ([0, 3], "pass")
+    # fallbacks choose among the consensus candidates only (indices stay those of the full list)
+    assert select_candidates(rows, FilterPolicy(threshold=100, fallback="topk", head_consensus=True)) == \
+        ([0], "fallback_topk")
+    pol = FilterPolicy(threshold=100, fallback="random", head_consensus=True)
+    assert {select_candidates(rows, pol, f"img{i}:0")[0][0] for i in range(30)} == {0, 2, 3}
+    assert select_candidates(rows, FilterPolicy(threshold=100, fallback="drop", head_consensus=True)) == \
+        ([], "dropped")
+    # a tie is settled alphabetically, whatever the order of the rows
+    tie = _texts([("a square", 5.0), ("a circle", 5.0)])
+    assert select_candidates(tie, FilterPolicy(head_consensus=True)) == ([1], "pass")
+    assert select_candidates(tie[::-1], FilterPolicy(head_consensus=True)) == ([0], "pass")
+    # single-mask images: top-k by correctness among the consensus candidates
+    single = [{"text": t, "doc": None, "uniqueness": None, "correctness": c}
+              for t, c in [("a star", 9.0), ("a heart", 1.0), ("a red heart", 2.0)]]
+    assert select_candidates(single, FilterPolicy(single_mask_topk=1, head_consensus=True)) == ([2], "single_mask")
+    with pytest.raises(ValueError, match="head_consensus"):
+        FilterPolicy(head_consensus="yes")
+
+
+def test_head_consensus_reaches_the_policy_from_the_config():
+    from pseudo_ris.generation.runner import policy_from_cfg
+
+    assert policy_from_cfg({"threshold": 10, "head_consensus": True}).head_consensus is True
+    assert policy_from_cfg({"threshold": 10}).head_consensus is False  # the paper's filter by default
+
+
 def test_single_mask_policies():
     rows = _rows([None, None, None], corr=[1.0, 3.0, 2.0])
     assert select_candidates(rows, FilterPolicy(single_mask="topk", single_mask_topk=2)) == ([1, 2], "single_mask")

@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -135,6 +136,11 @@ class FilterPolicy:
     ref), ``topk`` (the ``topk`` best by ``key``).
     single_mask: images with one mask (no DoC): ``all`` candidates, ``topk`` by correctness, or ``drop``.
     seed: random fallback draws are a pure function of (seed, image, mask), so re-filtering is reproducible.
+    head_consensus: first narrow a mask's candidates to those whose head noun is the most frequent one among all of
+    them (a vote on what the object is; ties alphabetical); the rules above then choose among those. Not in the
+    paper: a captioner that names the object wrongly in some samples ("a yellow square" for a yellow circle) still
+    names it rightly in most, and DoC alone keeps a wrong noun whenever another word (the colour) singles the
+    object out.
     """
 
     threshold: float = 1.0
@@ -145,6 +151,7 @@ class FilterPolicy:
     single_mask_topk: int = 3
     score_transform: str = "logit"
     seed: int = 0
+    head_consensus: bool = False
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:
@@ -155,6 +162,8 @@ class FilterPolicy:
             raise ValueError(f"key must be doc or uniqueness, got {self.key!r}")
         if self.score_transform not in SCORE_TRANSFORMS:
             raise ValueError(f"score_transform must be one of {SCORE_TRANSFORMS}, got {self.score_transform!r}")
+        if not isinstance(self.head_consensus, bool):
+            raise ValueError(f"head_consensus must be true or false, got {self.head_consensus!r}")
 
 
 def rescore(row: dict[str, Any], transform: str) -> dict[str, Any]:
@@ -167,12 +176,37 @@ def _sort_key(value: float | None) -> float:
     return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def head_noun(text: str) -> str:
+    """The caption's head noun (the dependency-free rule extractor: deterministic, no model)."""
+    from pseudo_ris.filtering.nouns import RuleNounExtractor
+
+    global _HEAD_EXTRACTOR
+    if _HEAD_EXTRACTOR is None:
+        _HEAD_EXTRACTOR = RuleNounExtractor(keep_modifiers=False)
+    return _HEAD_EXTRACTOR(text).head
+
+
+_HEAD_EXTRACTOR = None
+
+
+def consensus_indices(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the rows (one mask's candidates) whose head noun is the most frequent one (ties alphabetical)."""
+    heads = [head_noun(str(r.get("text", ""))) for r in rows]
+    counts = Counter(heads)
+    majority = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    return [i for i, h in enumerate(heads) if h == majority]
+
+
 def select_candidates(rows: Sequence[dict[str, Any]], policy: FilterPolicy,
                       group_key: str = "") -> tuple[list[int], str]:
     """Indices of ``rows`` (all candidates of one mask, already scored) that are kept, and why:
     ``pass`` (threshold), ``fallback_random`` / ``fallback_topk``, ``single_mask``, or ``dropped``."""
     if not rows:
         return [], "dropped"
+    if policy.head_consensus:
+        pool = consensus_indices(rows)
+        chosen, reason = select_candidates([rows[i] for i in pool], replace(policy, head_consensus=False), group_key)
+        return [pool[i] for i in chosen], reason
     if rows[0].get("doc") is None:  # single-mask image: correctness only
         if policy.single_mask == "drop":
             return [], "dropped"

@@ -234,7 +234,8 @@ def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
-    keys = ("threshold", "key", "fallback", "topk", "single_mask", "single_mask_topk", "score_transform", "seed")
+    keys = ("threshold", "key", "fallback", "topk", "single_mask", "single_mask_topk", "score_transform", "seed",
+            "head_consensus")
     return FilterPolicy(**{k: flt[k] for k in keys if k in flt})
 
 
