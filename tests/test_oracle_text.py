@@ -21,22 +21,11 @@ from pseudo_ris.evaluation.oracle_text import write_oracle_text_dataset
 from pseudo_ris.evaluation.quality import GroundTruth, QualityError
 from pseudo_ris.synthref.oracle import ground_expression
 
-H = W = 20
-IMAGE_ID = 1_000_001
-ROOT = Path(__file__).resolve().parents[1]
+from hand_scene import GT, H, IMAGE_ID, W, box as _box
 
-
-def _box(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    m = np.zeros((H, W), bool)
-    m[r0:r1 + 1, c0:c1 + 1] = True
-    return m
-
-
-GT = [(_box(2, 6, 2, 6), {"shape": "circle", "colour": "red", "size": "small"}),
-      (_box(2, 6, 12, 16), {"shape": "circle", "colour": "blue", "size": "small"}),
-      (_box(10, 17, 4, 11), {"shape": "square", "colour": "red", "size": "big"})]
 PSEUDO = {1: (GT[0][0], ["a blue square", "a circle"]), 2: (_box(10, 13, 4, 11), ["a red circle"]),
           3: (_box(18, 19, 14, 19), ["a blue circle"])}
+ROOT = Path(__file__).resolve().parents[1]
 IMAGE = {"id": IMAGE_ID, "file_name": "x.png", "height": H, "width": W}
 
 

@@ -19,21 +19,10 @@ from pseudo_ris.data.refer import ReferDataset, make_sentence, write_refer_datas
 from pseudo_ris.evaluation.quality import GroundTruth, dataset_quality, format_quality, store_quality
 from pseudo_ris.generation.store import CandidateStore
 
-H = W = 20
+from hand_scene import GT, H, IMAGE_ID, W, box as _box
 
-
-def _box(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    m = np.zeros((H, W), bool)
-    m[r0:r1 + 1, c0:c1 + 1] = True
-    return m
-
-
-GT = [(_box(2, 6, 2, 6), {"shape": "circle", "colour": "red", "size": "small"}),
-      (_box(2, 6, 12, 16), {"shape": "circle", "colour": "blue", "size": "small"}),
-      (_box(10, 17, 4, 11), {"shape": "square", "colour": "red", "size": "big"})]
 M1 = _box(2, 6, 12, 16) | _box(2, 6, 17, 17)
 PSEUDO = [GT[0][0], M1, _box(10, 13, 4, 11), _box(18, 19, 14, 19)]
-IMAGE_ID = 1_000_001
 
 
 @pytest.fixture

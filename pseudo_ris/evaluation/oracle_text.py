@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pseudo_ris.data.refer import ReferDataset, make_sentence, write_refer_dataset
-from pseudo_ris.evaluation.quality import MATCH_IOU, GroundTruth, QualityError, match_image, truth_for
+from pseudo_ris.evaluation.quality import MATCH_IOU, GroundTruth, QualityError, match_ref
 
 
 @dataclass
@@ -63,12 +63,7 @@ def write_oracle_text_dataset(pseudo_root: str | Path, name: str, truth: GroundT
     refs: list[dict] = []
     unmatched = not_describable = n_sent = 0
     for ref in sorted(src.refs, key=lambda r: int(r["ref_id"])):
-        scene = truth_for(truth, ref["image_id"])
-        mask = src.ref_mask(ref)
-        if mask.shape != scene.masks.shape[1:]:
-            raise QualityError(f"ref {ref['ref_id']} of {src.refs_path}: mask {mask.shape} but GT image "
-                               f"{ref['image_id']} is {scene.masks.shape[1:]}")
-        (match,), _ = match_image(mask[None], scene)
+        match, scene = match_ref(src, ref, truth)
         if match.gt_index is None or match.iou < match_iou:
             unmatched += 1
             continue

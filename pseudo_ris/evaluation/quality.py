@@ -316,6 +316,17 @@ def _asdict(obj: Any) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ written dataset
+def match_ref(ds: Any, ref: Mapping[str, Any], truth: GroundTruth) -> tuple[MaskMatch, SceneTruth]:
+    """The GT object a written ref's mask matches best (and its scene); refuses a mask of another image size."""
+    scene = truth_for(truth, ref["image_id"])
+    mask = ds.ref_mask(ref)
+    if mask.shape != scene.masks.shape[1:]:
+        raise QualityError(f"ref {ref['ref_id']} of {ds.refs_path}: mask {mask.shape} but GT image "
+                           f"{ref['image_id']} is {scene.masks.shape[1:]}")
+    (match,), _ = match_image(mask[None], scene)
+    return match, scene
+
+
 def dataset_quality(pseudo_root: str | Path, name: str, truth: GroundTruth, *, match_iou: float = MATCH_IOU
                     ) -> dict[str, Any]:
     """Quality of a written pseudo-label dataset (``<pseudo_root>/<name>``, any split_by): every ref's mask and its
@@ -325,12 +336,7 @@ def dataset_quality(pseudo_root: str | Path, name: str, truth: GroundTruth, *, m
     ds = ReferDataset(pseudo_root, name)
     masks: list[LabelledMask] = []
     for ref in ds.refs:
-        truth_scene = truth_for(truth, ref["image_id"])
-        mask = ds.ref_mask(ref)
-        if mask.shape != truth_scene.masks.shape[1:]:
-            raise QualityError(f"ref {ref['ref_id']} of {ds.refs_path}: mask {mask.shape} but GT image "
-                               f"{ref['image_id']} is {truth_scene.masks.shape[1:]}")
-        (match,), _ = match_image(mask[None], truth_scene)
+        match, truth_scene = match_ref(ds, ref, truth)
         lm = LabelledMask(int(ref["image_id"]), match)
         for sent in ref["sentences"]:
             text = sent.get("sent") or sent.get("raw", "")
