@@ -26,7 +26,8 @@ README = ROOT / "README.md"
 #: tool -> Hydra config name (tools composed by Hydra); the others take key=value options of a YAML file or argparse
 HYDRA_CONFIGS = {"train.py": "train", "generate.py": "generate", "evaluate.py": "evaluate",
                  "make_synthref.py": "synthref", "pseudo_quality.py": "pseudo_quality",
-                 "import_checkpoint.py": "import_checkpoint", "rescore.py": "rescore"}
+                 "import_checkpoint.py": "import_checkpoint", "rescore.py": "rescore",
+                 "oracle_text.py": "oracle_text"}
 DOTLIST_CONFIGS = {"reproduce.py": "reproduce.yaml", "train_foundation.py": "foundation.yaml",
                    "doctor.py": "doctor.yaml", "export_refer.py": "export_refer.yaml",
                    "import_pseudo.py": "import_pseudo.yaml"}
