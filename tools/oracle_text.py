@@ -11,6 +11,7 @@ drops masks that match no object; prints what it did.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pseudo_ris.cli import user_errors
 from pseudo_ris.data.errors import PseudoRISError
-from pseudo_ris.evaluation.oracle_text import describe_summary, write_oracle_text_dataset
+from pseudo_ris.evaluation.oracle_text import write_oracle_text_dataset
 from pseudo_ris.evaluation.quality import GroundTruth
 
 
@@ -46,7 +47,7 @@ def main(cfg: DictConfig) -> None:
         summary = write_oracle_text_dataset(source.parent, source.name, truth, _path(params["out_root"]),
                                             params.get("out_name"), style=str(params["style"]),
                                             seed=int(params["seed"]), match_iou=float(params["match_iou"]))
-        print(json.dumps(describe_summary(summary), indent=2))
+        print(json.dumps(asdict(summary), indent=2))
         print(f"train on it: python tools/train.py data=pseudo pseudo_root={_path(params['out_root'])}"
               + ("" if not params.get("out_name") else f" data.pseudo_name={params['out_name']}"))
 

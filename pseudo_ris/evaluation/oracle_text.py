@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from pseudo_ris.data.refer import ReferDataset, make_sentence, write_refer_dataset
@@ -89,8 +87,3 @@ def write_oracle_text_dataset(pseudo_root: str | Path, name: str, truth: GroundT
                         categories=list(src.categories.values()), refs=refs, image_dir=str(src.image_dir.resolve()),
                         extra_info={**info, "oracle_text": asdict(summary)})
     return summary
-
-
-def describe_summary(summary: OracleTextSummary) -> dict[str, Any]:
-    """Plain dict for printing / JSON."""
-    return asdict(summary)

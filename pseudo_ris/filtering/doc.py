@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pseudo_ris.filtering.nouns import RuleNounExtractor
+
 SCORE_TRANSFORMS = ("logit", "exp")
 FALLBACKS = ("random", "drop", "topk")
 SINGLE_MASK_POLICIES = ("all", "topk", "drop")
@@ -176,22 +178,13 @@ def _sort_key(value: float | None) -> float:
     return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def head_noun(text: str) -> str:
-    """The caption's head noun (the dependency-free rule extractor: deterministic, no model)."""
-    from pseudo_ris.filtering.nouns import RuleNounExtractor
-
-    global _HEAD_EXTRACTOR
-    if _HEAD_EXTRACTOR is None:
-        _HEAD_EXTRACTOR = RuleNounExtractor(keep_modifiers=False)
-    return _HEAD_EXTRACTOR(text).head
-
-
-_HEAD_EXTRACTOR = None
+#: head nouns for the consensus vote: the dependency-free rule extractor (deterministic, no model to load)
+_HEAD_NOUNS = RuleNounExtractor(keep_modifiers=False)
 
 
 def consensus_indices(rows: Sequence[dict[str, Any]]) -> list[int]:
     """Indices of the rows (one mask's candidates) whose head noun is the most frequent one (ties alphabetical)."""
-    heads = [head_noun(str(r.get("text", ""))) for r in rows]
+    heads = [_HEAD_NOUNS(str(r.get("text", ""))).head for r in rows]
     counts = Counter(heads)
     majority = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
     return [i for i, h in enumerate(heads) if h == majority]
