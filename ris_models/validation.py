@@ -172,11 +172,12 @@ REPRODUCE_TRAINERS = ("cpu", "gpu", "ddp", "default")
 def check_reproduce_config(cfg: Mapping[str, Any]) -> None:
     """``conf/reproduce.yaml`` options, before SynthRef is built or any run starts (``results_md`` resolved)."""
     from pseudo_ris.validation import check_device
-    from ris_models.reproduction.plan import DEFAULT_OUT_DIR, ReproduceConfigError
+    from ris_models.reproduction.plan import DEFAULT_OUT_DIR, ReproduceConfigError, profile_options
 
     if cfg.get("profile") not in (cfg.get("profiles") or {}):
         raise ReproduceConfigError(f"profile={cfg.get('profile')!r} is not one of "
                                    f"{', '.join(sorted(cfg.get('profiles') or {}))}")
+    profile_options(cfg)  # rows, datasets, step budgets
     trainer = check_choice(str(cfg.get("trainer") or "cpu"), "trainer", REPRODUCE_TRAINERS)
     if trainer == "gpu" and _cuda_count() == 0:
         raise OptionError("trainer=gpu needs a CUDA GPU, and torch sees none on this machine; use trainer=cpu")

@@ -253,3 +253,84 @@ def test_train_and_generate_configs_follow_the_plan_devices(tmp_path):
     assert generate_config(plan, "gt")["device"] == "cuda"
     assert train_config(_plan(tmp_path), "cris_tiny", ROWS["full"], "synthref", 0, tmp_path / "r2",
                         tmp_path / "p")["trainer"]["accelerator"] == "cpu"
+
+
+def test_init_ablation_rows_run_only_for_their_model_and_only_on_the_first_dataset(tmp_path):
+    plan = _plan(tmp_path, seeds=[0], rows=["human_100", "human_100_scratch", "human_100_pretrained", "full",
+                                            "full_scratch", "full_pretrained"])
+    runs = set(planned_runs(plan))
+    assert ("cris_tiny", "human_100_scratch", "synthref", 0) in runs
+    assert ("cris_tiny", "human_100_scratch", "synthrefg", 0) not in runs       # an ablation on synthref only
+    assert ("lavt_tiny", "human_100_scratch", "synthref", 0) not in runs        # the tiny LAVT starts from scratch
+    assert ("lavt_tiny", "human_100_pretrained", "synthref", 0) in runs
+    assert ("cris_tiny", "human_100_pretrained", "synthref", 0) not in runs
+    assert ("cris_tiny", "full_scratch", "synthref", 0) in runs and ("lavt_tiny", "full_pretrained", "synthref", 0) in runs
+    assert ("lavt_tiny", "human_100", "synthrefg", 0) in runs                   # ordinary human rows: every dataset
+    res = {"datasets": {"synthref": {"val": {"mIoU": 0.5}}}}
+    records = [RunRecord(m, r, d, s, res) for m, r, d, s in runs]
+    cris = results_table(records, "cris_tiny", "mIoU", plan.rows)
+    assert ROWS["human_100_scratch"].label in cris and ROWS["human_100_pretrained"].label not in cris
+
+
+def test_init_rows_train_with_their_overrides(tmp_path):
+    from ris_models.reproduction.stages import train_config
+
+    plan = _plan(tmp_path)
+    scratch = train_config(plan, "cris_tiny", ROWS["human_100_scratch"], "synthref", 0, tmp_path / "a", None)
+    default = train_config(plan, "cris_tiny", ROWS["human_100"], "synthref", 0, tmp_path / "b", None)
+    swin = train_config(plan, "lavt_tiny", ROWS["human_100_pretrained"], "synthref", 0, tmp_path / "c", None)
+    assert scratch["model"]["pretrained"] is False and default["model"]["pretrained"] is True
+    assert swin["model"]["pretrained"] is True
+
+
+def test_per_model_step_budgets(tmp_path):
+    from ris_models.reproduction.plan import ReproduceConfigError, _steps
+    from ris_models.reproduction.stages import train_config
+
+    plan = _plan(tmp_path, max_steps={"cris_tiny": 7, "lavt_tiny": 3})
+    assert train_config(plan, "cris_tiny", ROWS["human_100"], "synthref", 0, tmp_path / "a", None)["max_steps"] == 7
+    assert train_config(plan, "lavt_tiny", ROWS["human_100"], "synthref", 0, tmp_path / "b", None)["max_steps"] == 3
+    assert plan.steps_text() == "cris_tiny 7, lavt_tiny 3"
+    with pytest.raises(ReproduceConfigError, match="lavt_tiny"):
+        _steps({"cris_tiny": 7}, ["cris_tiny", "lavt_tiny"])
+    with pytest.raises(ReproduceConfigError, match=">= 1"):
+        _steps(0, ["cris_tiny"])
+
+
+def test_vote_row_cuts_its_dataset_with_the_main_jobs_filter(tmp_path, monkeypatch):
+    """The vote row's labels come from the same store as ``full``, re-filtered with the head-noun vote."""
+    import ris_models.reproduction.stages as stages
+    from ris_models.reproduction.plan import variant_key
+
+    calls = []
+    monkeypatch.setattr(stages, "ensure_store", lambda plan, masks: tmp_path / "store" / masks)
+    monkeypatch.setattr("pseudo_ris.evaluation.variants.write_variant_dataset",
+                        lambda store, variant, root, policy=None: calls.append((store, variant, policy)) or {})
+    plan = _plan(tmp_path)
+    full, vote = stages.ensure_variant(plan, ROWS["full"]), stages.ensure_variant(plan, ROWS["full_vote"])
+    assert full != vote and vote.name == variant_key(ROWS["full_vote"])
+    assert calls[0] == (tmp_path / "store" / "sam", "full", None)
+    assert calls[1] == (tmp_path / "store" / "sam", "full",
+                        {"head_consensus": True, "threshold": 10.0, "fallback": "drop"})
+
+
+def test_vote_policy_is_the_main_jobs_filter():
+    from omegaconf import OmegaConf
+
+    from ris_models.reproduction.plan import VOTE_POLICY
+
+    train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
+    main_job = dict(o.split("=", 1) for o in train.pseudo_labels.generate if o.startswith("filter."))
+    assert {f"filter.{k}": str(v).lower() for k, v in VOTE_POLICY} == \
+        {k: str(float(v) if k == "filter.threshold" else v).lower() for k, v in main_job.items()}
+
+
+def test_reproduction_generates_with_the_main_jobs_settings():
+    """Only the filter (a row's business), the image count and the report may differ from the main job's labels."""
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    main_job = [o.split("#")[0].strip() for o in OmegaConf.load(conf / "train.yaml").pseudo_labels.generate]
+    reproduction = list(OmegaConf.load(conf / "reproduce.yaml").generate_overrides)
+    shared = [o for o in main_job if not o.startswith(("filter.", "max_images=", "report."))]
+    assert shared and all(o in reproduction for o in shared), set(shared) - set(reproduction)

@@ -7,7 +7,13 @@ Rows (``ROWS``; arXiv 2407.07412 Tab. 1-4 in miniature):
   + distinctive samples (unfiltered); + DoC filtering (the full method). One store, three selections
   (`pseudo_ris.evaluation.variants`), so only the labels differ;
 * ``full_gt``: the full method on GT instance masks (``masks=gt``): caption quality without mask errors;
-* ``human_100`` / ``human_10``: human labels, all / a 10 % image subset; ``mixed_10``: 10 % human + pseudo (full).
+* ``full_vote``: the full method's candidates re-filtered with the main job's filter (head-noun vote, DoC > 10, masks
+  without a passing candidate dropped);
+* ``full_spatial``: the full method on a store whose expressions may carry location / size phrases (beyond the paper);
+* ``human_100`` / ``human_10``: human labels, all / a 10 % image subset; ``mixed_10``: 10 % human + pseudo (full);
+* initialisation ablations on ``synthref``: ``human_100_scratch`` / ``full_scratch`` (tiny CRIS without its CLIP
+  stand-in) and ``human_100_pretrained`` / ``full_pretrained`` (tiny LAVT with its Swin stand-in); each runs only for
+  the model whose default it flips.
 
 Pseudo-label rows do not depend on the evaluation dataset (the labels come from the unlabelled pool): each is trained
 once, its checkpoint selected on ``synthref`` val (the first dataset), and evaluated on every dataset. Human and

@@ -49,7 +49,7 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
     run_seconds = sum(float(r.result.get("train_seconds", r.result.get("eval_seconds", 0))) for r in done)
     lines = ["# Reproduction on SynthRef (miniature of arXiv 2407.07412)", "",
              f"Command: `{command}`  ", f"Profile: **{plan.profile}**: seeds {plan.seeds}, models {plan.models}, "
-             f"max {plan.max_steps} training steps (batch 16; steps actually run: {steps or '-'}), evaluation limited "
+             f"max {plan.steps_text()} training steps (batch 16; steps actually run: {steps or '-'}), evaluation limited "
              f"to {plan.limit_eval or 'all'} sentences per split, generation on "
              f"{plan.gen_max_images or 'all'} pool images; {len(done)} runs finished, {len(failed)} failed or not "
              "run; "
@@ -69,7 +69,7 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
                   "comparable. Delete their run directories and rerun.", ""]
     if plan.profile != "full":
         lines += [f"> **Caveat**: quick profile: seeds {plan.seeds} (a cell without ± is one seed), "
-                  f"{plan.max_steps} steps, evaluation on the first {plan.limit_eval or 'all'} sentences of each "
+                  f"{plan.steps_text()} steps, evaluation on the first {plan.limit_eval or 'all'} sentences of each "
                   "split. These are small-budget numbers of the pipeline, not converged results (the learning "
                   "curves below are still rising); differences of a few points are within noise.", ""]
     for model in plan.models:

@@ -43,6 +43,18 @@ class Row:
     store: str | None = None  # a key of STORES (pseudo-label store / zero-shot mask source)
     variant: str | None = None
     ratio: float = 1.0
+    #: DoC filter options replacing the store's recorded policy (filtered variants): the selection differs, the
+    #: captions do not
+    policy: tuple[tuple[str, Any], ...] = ()
+    #: extra overrides of conf/train.yaml (e.g. the encoders' initialisation)
+    train_extra: tuple[str, ...] = ()
+    #: the models this row is run for (None: every model of the plan)
+    models: tuple[str, ...] | None = None
+    #: human / mixed rows: train on every dataset of the plan (False: the first only, an ablation on synthref)
+    every_dataset: bool = True
+
+    def runs_for(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 #: candidate stores a row can draw from: name -> overrides of conf/generate.yaml
@@ -52,18 +64,40 @@ STORES: dict[str, tuple[str, ...]] = {
     "sam_spatial": ("masks=sam", "spatial.enabled=true"),  # + location / size phrases (beyond the paper)
 }
 
+#: the main job's filter (conf/train.yaml pseudo_labels.generate): the head-noun vote, DoC > 10, unlabelled masks
+#: dropped
+VOTE_POLICY: tuple[tuple[str, Any], ...] = (("head_consensus", True), ("threshold", 10.0), ("fallback", "drop"))
+
 ROWS: dict[str, Row] = {
     "zero_shot": Row("zero-shot: SAM masks ranked by the CLIP scorer", "zero_shot", store="sam"),
     "zero_shot_gt": Row("zero-shot: GT masks ranked by the CLIP scorer", "zero_shot", store="gt"),
     "beam": Row("pseudo: beam search only", "pseudo", "sam", "beam"),
     "distinctive": Row("pseudo: + distinctive sampling (no filter)", "pseudo", "sam", "beam_distinctive"),
     "full": Row("pseudo: + DoC filtering (full method)", "pseudo", "sam", "full"),
+    "full_vote": Row("pseudo: full method + head-noun vote (DoC > 10, drop; the main job's filter)", "pseudo", "sam",
+                     "full", policy=VOTE_POLICY),
     "full_gt": Row("pseudo, GT masks (`masks=gt`), full method", "pseudo", "gt", "full"),
     "full_spatial": Row("pseudo: full method + spatial phrases", "pseudo", "sam_spatial", "full"),
+    "full_scratch": Row("pseudo: full method, encoders from scratch (`model.pretrained=false`)", "pseudo", "sam",
+                        "full", train_extra=("model.pretrained=false",), models=("cris_tiny",)),
+    "full_pretrained": Row("pseudo: full method, Swin stand-in (`model.pretrained=true`)", "pseudo", "sam", "full",
+                           train_extra=("model.pretrained=true",), models=("lavt_tiny",)),
     "human_100": Row("human 100 %", "human", ratio=1.0),
+    "human_100_scratch": Row("human 100 %, encoders from scratch (`model.pretrained=false`)", "human",
+                             train_extra=("model.pretrained=false",), models=("cris_tiny",), every_dataset=False),
+    "human_100_pretrained": Row("human 100 %, Swin stand-in (`model.pretrained=true`)", "human",
+                                train_extra=("model.pretrained=true",), models=("lavt_tiny",), every_dataset=False),
     "human_10": Row("human 10 %", "human", ratio=0.1),
     "mixed_10": Row("human 10 % + pseudo (full)", "mixed", "sam", "full", ratio=0.1),
 }
+
+
+def variant_key(row: Row) -> str:
+    """Directory name of a row's pseudo-label dataset: store, variant and (if any) the policy it overrides."""
+    key = f"{row.store}_{row.variant}"
+    for name, value in row.policy:
+        key += f"_{name}-{value}"
+    return key
 
 #: table columns: (dataset, split, header)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -85,6 +119,22 @@ def compose(config_name: str, overrides: Sequence[str]) -> dict:
         return _plain(hydra_compose(config_name, overrides=list(overrides)))
 
 
+def profile_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen profile with ``override`` applied, checked (rows, datasets, budgets) before any work starts."""
+    cfg = _plain(cfg)
+    name = cfg["profile"]
+    if name not in cfg["profiles"]:
+        raise ReproduceConfigError(f"unknown profile {name!r}; choose one of {sorted(cfg['profiles'])}")
+    p = {**cfg["profiles"][name], **{k: v for k, v in (cfg.get("override") or {}).items() if v is not None}}
+    bad = [r for r in p["rows"] if r not in ROWS]
+    if bad:
+        raise ReproduceConfigError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
+    if not p["datasets"] or p["datasets"][0] != "synthref":
+        raise ReproduceConfigError("datasets must start with synthref (pseudo rows select checkpoints on it)")
+    _steps(p["max_steps"], p["models"])
+    return p
+
+
 @dataclass
 class Plan:
     """The resolved options of one reproduction (``conf/reproduce.yaml`` + the chosen profile)."""
@@ -94,7 +144,7 @@ class Plan:
     models: list[str]
     datasets: list[str]
     rows: list[str]
-    max_steps: int
+    max_steps: int | dict[str, int]   # one budget, or one per model (the tiny CRIS needs more steps to settle)
     val_every: int
     limit_eval: int | None
     gen_max_images: int | None
@@ -110,20 +160,21 @@ class Plan:
     trainer: str = "cpu"      # conf/trainer group of every training (gpu / ddp for profile=full on GPUs)
     device: str = "cpu"       # device of generation and the zero-shot ranker (cuda on GPUs)
 
+    def steps_for(self, model: str) -> int:
+        return self.max_steps if isinstance(self.max_steps, int) else self.max_steps[model]
+
+    def steps_text(self) -> str:
+        if isinstance(self.max_steps, int):
+            return str(self.max_steps)
+        return ", ".join(f"{m} {self.max_steps[m]}" for m in self.models)
+
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any], data_root: Path) -> "Plan":
         cfg = _plain(cfg)
         name = cfg["profile"]
-        if name not in cfg["profiles"]:
-            raise ReproduceConfigError(f"unknown profile {name!r}; choose one of {sorted(cfg['profiles'])}")
-        p = {**cfg["profiles"][name], **{k: v for k, v in (cfg.get("override") or {}).items() if v is not None}}
-        bad = [r for r in p["rows"] if r not in ROWS]
-        if bad:
-            raise ReproduceConfigError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
-        if not p["datasets"] or p["datasets"][0] != "synthref":
-            raise ReproduceConfigError("datasets must start with synthref (pseudo rows select checkpoints on it)")
+        p = profile_options(cfg)
         return cls(profile=name, seeds=[int(s) for s in p["seeds"]], models=list(p["models"]),
-                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=int(p["max_steps"]),
+                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=_steps(p["max_steps"], p["models"]),
                    val_every=int(p["val_every"]), limit_eval=p.get("limit_eval"),
                    gen_max_images=p.get("gen_max_images"), plain_sampling=bool(p.get("plain_sampling", False)),
                    out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
@@ -132,6 +183,22 @@ class Plan:
                    gallery_images=int(cfg.get("gallery_images", 8)),
                    notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None,
                    trainer=str(cfg.get("trainer") or "cpu"), device=str(cfg.get("device") or "cpu"))
+
+
+def _steps(value: Any, models: Sequence[str]) -> int | dict[str, int]:
+    """``max_steps`` of a profile: a number, or ``{model: number}`` naming every model of the plan."""
+    if isinstance(value, Mapping):
+        missing = [m for m in models if m not in value]
+        if missing:
+            raise ReproduceConfigError(f"max_steps names no budget for model(s) {missing}: give a number for every "
+                                       "model of the plan, or one number for all")
+        steps = {str(m): int(value[m]) for m in models}
+    else:
+        steps = {"all": int(value)}
+    bad = {m: n for m, n in steps.items() if n < 1}
+    if bad:
+        raise ReproduceConfigError(f"max_steps must be >= 1, got {bad}")
+    return steps if isinstance(value, Mapping) else steps["all"]
 
 
 def _q(key: str, value: Any) -> str:
@@ -153,8 +220,11 @@ def planned_runs(plan: Plan) -> list[tuple[str, str, str, int]]:
         for seed in plan.seeds:
             for model in plan.models:
                 for row in plan.rows:
-                    kind = ROWS[row].kind
-                    if kind in ("human", "mixed") or (kind == "pseudo" and ds == plan.datasets[0]):
+                    spec, first = ROWS[row], ds == plan.datasets[0]
+                    if not spec.runs_for(model):
+                        continue
+                    if (spec.kind in ("human", "mixed") and (spec.every_dataset or first)) or \
+                            (spec.kind == "pseudo" and first):
                         runs.append((model, row, ds, seed))
     return runs
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from pseudo_ris.data.io import atomic_write_json
 from ris_models.reproduction.figures import metrics_files
-from ris_models.reproduction.plan import ROWS, STORES, Plan, Row, _q, compose, run_dir
+from ris_models.reproduction.plan import ROWS, STORES, Plan, Row, _q, compose, run_dir, variant_key
 
 PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: true}, "
                   "{kind: topk, value: 7, distinctive: true}, {kind: topk, value: 9, distinctive: true}, "
@@ -51,18 +51,17 @@ def ensure_store(plan: Plan, masks: str) -> Path:
     return out
 
 
-def ensure_variant(plan: Plan, masks: str, variant: str) -> Path:
-    """``pseudo_root`` of a variant dataset (written once from the store)."""
+def ensure_variant(plan: Plan, row: Row) -> Path:
+    """``pseudo_root`` of a row's variant dataset (written once from its store, with the row's filter policy)."""
     from pseudo_ris.evaluation.variants import write_variant_dataset
 
-    store = ensure_store(plan, masks)
-    root = plan.out_dir / "pseudo" / f"{masks}_{variant}"
+    store = ensure_store(plan, row.store)
+    root = plan.out_dir / "pseudo" / variant_key(row)
     info = root / "variant.json"
     if not info.is_file():
-        summary = write_variant_dataset(store, variant, root)
+        summary = write_variant_dataset(store, row.variant, root, policy=dict(row.policy) or None)
         atomic_write_json(info, summary, indent=2)
     return root
-
 
 
 def train_config(plan: Plan, model: str, row: Row, dataset: str, seed: int, out: Path,
@@ -70,8 +69,9 @@ def train_config(plan: Plan, model: str, row: Row, dataset: str, seed: int, out:
     mode = {"pseudo": "pseudo", "human": "human", "mixed": "mixed"}[row.kind]
     overrides = [f"model={model}", f"dataset={dataset}", f"data={mode}", f"ratio={row.ratio}", f"seed={seed}",
                  _q("data_root", plan.data_root), _q("cache_dir", plan.cache_dir), _q("output_dir", out),
-                 f"max_steps={plan.max_steps}", "epochs=100000", f"trainer={plan.trainer}",
-                 f"trainer.limit_train_batches={plan.val_every}", "logger=csv", *plan.train_overrides]
+                 f"max_steps={plan.steps_for(model)}", "epochs=100000", f"trainer={plan.trainer}",
+                 f"trainer.limit_train_batches={plan.val_every}", "logger=csv", *plan.train_overrides,
+                 *row.train_extra]
     if plan.limit_eval is not None:
         overrides.append(f"limit_eval={int(plan.limit_eval)}")
     if pseudo_root is not None:
@@ -96,7 +96,7 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
     from ris_models.training import train
 
     row = ROWS[row_name]
-    pseudo_root = ensure_variant(plan, row.store, row.variant) if row.variant else None
+    pseudo_root = ensure_variant(plan, row) if row.variant else None
     out = run_dir(plan, model, row_name, dataset, seed)
     cfg = train_config(plan, model, row, dataset, seed, out, pseudo_root)
     result = train(cfg)
