@@ -98,13 +98,27 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
         bundle = load_coca(cfg.arch, pretrained=parent_weights)  # carries the parent's word tokenizer
     model = bundle.model
     optimizer, params = adamw_without_norm_decay(model, cfg.lr, cfg.weight_decay)
+    from_bank = int(round(cfg.batch_size * cfg.sam_bank_share))
+    bank, groups = None, {}
+    if from_bank:
+        from .sam_bank import BANK_NAME, load_or_build_sam_bank
+
+        bank = load_or_build_sam_bank(out_dir / BANK_NAME, scenes=cfg.sam_bank_scenes, seed=cfg.seed,
+                                      scene_cfg=cfg.scene, progress=progress)
+        groups = bank.by_scene()
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         at = offset + step  # a fine-tune continues the parent's streams: scenes it has not seen
         rng = scene_rng("coca_sampling", cfg.seed, at)
         scenes = (scene_at("coca_train", cfg.seed, at * 1000 + i, cfg.scene) for i in range(1000))
-        batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size, cfg.objects_per_scene, caption_cfg,
-                           cfg.prompt_text_prob, cfg.sam_like_prob)
+        batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size - from_bank, cfg.objects_per_scene,
+                           caption_cfg, cfg.prompt_text_prob, cfg.sam_like_prob)
+        if bank is not None:
+            from .sam_bank import concat_batches, sam_bank_batch
+
+            batch = concat_batches(batch, sam_bank_batch(bank, groups, rng, bundle.image_size, from_bank,
+                                                         cfg.objects_per_scene, caption_cfg, cfg.prompt_text_prob,
+                                                         cfg.seed, cfg.scene))
         positives = compatible(batch.stated, batch.objects)
         terms = coca_step_loss(bundle, batch.images, batch.captions, batch.texts, positives,
                                cfg.caption_loss_weight, cfg.clip_loss_weight)

@@ -63,6 +63,8 @@ class CocaTrainConfig:
     clip_loss_weight: float = 1.0
     prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
     sam_like_prob: float = 0.0         # crops cut from imperfect, SAM-like masks of the object (0: exact masks only)
+    sam_bank_share: float = 0.0        # share of each batch cut from the shipped tiny SAM's own masks (sam_bank.py)
+    sam_bank_scenes: int = 2000        # scenes the bank's masks come from (built once into <out>/sam_bank.npz)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     stop_after: int | None = None
@@ -71,6 +73,12 @@ class CocaTrainConfig:
     # fine-tuning: a parent recipe (CocaTrainConfig keys) trained first, into <out>/init-<its hash>; this run starts
     # from its weights and continues its scene stream after the parent's last step ({}: random init)
     init: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.sam_bank_share) < 1.0:
+            raise FoundationConfigError(f"coca.sam_bank_share must be in [0, 1), got {self.sam_bank_share}")
+        if int(self.sam_bank_scenes) < 1:
+            raise FoundationConfigError(f"coca.sam_bank_scenes must be >= 1, got {self.sam_bank_scenes}")
 
 
 @dataclass

@@ -30,7 +30,9 @@ STREAMS = {"sam_train": 1, "coca_train": 2, "sam_eval": 3, "coca_eval": 4, "test
            "coca_sampling": 7, "clip_train": 8, "clip_scenes": 9, "clip_sampling": 10, "clip_eval": 11,
            # the LAVT stand-ins (trained in ris_models.pretraining): Swin attribute classification, BERT MLM
            "swin_train": 12, "swin_eval": 13, "bert_train": 14, "bert_eval": 15, "bert_sampling": 16,
-           "bert_eval_sampling": 17}
+           "bert_eval_sampling": 17,
+           # scenes of the CoCa's bank of automatic SAM masks (pseudo_ris.foundation.sam_bank)
+           "coca_sam_bank": 18}
 
 # Words generic captions may contain; everything else (locations, relations, comparatives) is distinctive.
 CAPTION_FILLER_WORDS: tuple[str, ...] = ("a", "an", "the", "in", "picture", "photo", "of")
