@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # tiny recipes: a few steps of the real loops in seconds
 SAM_FAST = dict(steps=3, batch_images=2, prompts_per_image=3, warmup_steps=1, checkpoint_every=1)
-COCA_FAST = dict(steps=3, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1, init={})
+COCA_FAST = dict(steps=3, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1, sam_bank_share=0.0,
+                 init={})
 
 
 @pytest.fixture(autouse=True)

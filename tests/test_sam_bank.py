@@ -87,7 +87,7 @@ def test_coca_recipe_draws_its_share_from_the_bank(tmp_path, monkeypatch):
     monkeypatch.setattr(coca_training, "coca_step_loss",
                         lambda bundle, images, *a: seen_batches.append(len(images)) or real_loss(bundle, images, *a))
     cfg = dict(steps=2, batch_size=8, objects_per_scene=2, warmup_steps=1, checkpoint_every=1, sam_bank_share=0.25,
-               sam_bank_scenes=3)
+               sam_bank_scenes=3, init={})
     coca_training.train_coca(cfg, out_dir=tmp_path / "coca", progress=False)
     assert sizes == [2, 2] and seen_batches == [8, 8]  # 25 % of 8 crops from the bank, the batch size unchanged
     assert (tmp_path / "coca" / BANK_NAME).is_file()

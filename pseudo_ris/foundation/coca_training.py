@@ -11,8 +11,10 @@ Crops are the generator's own four views (`pseudo_ris.crops.make_views`), one ra
 and pseudo-labelling see the same pixels. The contrastive text is sometimes rewritten to the DoC correctness prompt
 "a photo of a {noun phrase}" so the scorer understands the prompt it is queried with. With ``sam_like_prob`` > 0
 some crops are cut from imperfect, SAM-like masks (`pseudo_ris.foundation.data.sam_like_mask`), which is what the
-captioner sees during pseudo-labelling. ``init`` makes a run a fine-tune of a parent recipe, trained first in a
-sub-folder, so a two-stage recipe stays one command and one hash.
+captioner sees during pseudo-labelling, and with ``sam_bank_share`` > 0 that share of every batch is cut from the
+shipped tiny SAM's own automatic masks (`pseudo_ris.foundation.sam_bank`), which is what the shipped recipe's second
+stage does. ``init`` makes a run a fine-tune of a parent recipe, trained first in a sub-folder, so a two-stage
+recipe stays one command and one hash.
 """
 
 from __future__ import annotations

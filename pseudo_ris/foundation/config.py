@@ -46,24 +46,30 @@ class SamTrainConfig:
     scene: dict = field(default_factory=dict)  # overrides of the SynthRef scene config
 
 
+#: the first stage of the shipped CoCa recipe: 1,500 steps from random init on crops of exact object masks (the keys
+#: it sets differ from `CocaTrainConfig`'s defaults, the second stage; every other key is shared)
+COCA_BASE_STAGE: dict[str, Any] = {"steps": 1500, "lr": 1e-3, "warmup_steps": 100, "sam_bank_share": 0.0, "init": {}}
+
+
 @dataclass
 class CocaTrainConfig:
-    """Tiny CoCa trained on object crops with generic captions (the defaults: the shipped recipe)."""
+    """Tiny CoCa trained on object crops with generic captions (the defaults: the shipped recipe, a fine-tune of
+    `COCA_BASE_STAGE` in which half of every batch is cut from the shipped SAM's own masks)."""
 
     arch: str = "coca_tiny"            # project model config name for pseudo_ris.captioning.coca.load_coca
-    steps: int = 1500
+    steps: int = 1200
     seed: int = 0
     batch_size: int = 48
     objects_per_scene: int = 4         # crops drawn from one scene per batch slot group
-    lr: float = 1e-3
+    lr: float = 5e-4
     min_lr_frac: float = 0.05
     weight_decay: float = 0.05
-    warmup_steps: int = 100
+    warmup_steps: int = 30
     caption_loss_weight: float = 1.0
     clip_loss_weight: float = 1.0
     prompt_text_prob: float = 0.3      # contrastive text rewritten as "a photo of a {phrase}" (the DoC prompt)
     sam_like_prob: float = 0.0         # crops cut from imperfect, SAM-like masks of the object (0: exact masks only)
-    sam_bank_share: float = 0.0        # share of each batch cut from the shipped tiny SAM's own masks (sam_bank.py)
+    sam_bank_share: float = 0.5        # share of each batch cut from the shipped tiny SAM's own masks (sam_bank.py)
     sam_bank_scenes: int = 2000        # scenes the bank's masks come from (built once into <out>/sam_bank.npz)
     grad_clip: float = 1.0
     checkpoint_every: int = 100
@@ -71,10 +77,13 @@ class CocaTrainConfig:
     captions: dict = field(default_factory=dict)  # overrides of GenericCaptionConfig
     scene: dict = field(default_factory=dict)
     # fine-tuning: a parent recipe (CocaTrainConfig keys) trained first, into <out>/init-<its hash>; this run starts
-    # from its weights and continues its scene stream after the parent's last step ({}: random init)
-    init: dict = field(default_factory=dict)
+    # from its weights and continues its scene stream after the parent's last step ({}: random init). Stored in full
+    # (every key of the parent), so two spellings of one parent are one recipe with one hash.
+    init: dict = field(default_factory=lambda: dict(COCA_BASE_STAGE))
 
     def __post_init__(self) -> None:
+        if self.init:
+            self.init = config_dict(make_config(CocaTrainConfig, self.init))
         if not 0.0 <= float(self.sam_bank_share) < 1.0:
             raise FoundationConfigError(f"coca.sam_bank_share must be in [0, 1), got {self.sam_bank_share}")
         if int(self.sam_bank_scenes) < 1:
