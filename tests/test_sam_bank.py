@@ -13,14 +13,6 @@ from pseudo_ris.foundation.sam_bank import (BANK_NAME, BANK_STREAM, SamBankError
                                             load_sam_bank, sam_bank_batch, save_sam_bank)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bank():
     return build_sam_bank(6, seed=0, progress=False)

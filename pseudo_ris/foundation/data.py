@@ -14,7 +14,7 @@ relation or comparative word, which is what a CC3M-style captioner gives and wha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -264,6 +264,37 @@ def sam_like_mask(mask: np.ndarray, rng: np.random.Generator, min_keep: float = 
     return out if (out & mask).sum() >= min_keep * area and out.any() else mask
 
 
+class CaptionedCrops:
+    """Rows of a `CocaBatch` under construction: one random view of an object's crops, a generic caption of the
+    object and its contrastive text, drawn from ``rng`` in a fixed order (so a recipe's batches never change)."""
+
+    def __init__(self, caption_cfg: GenericCaptionConfig, prompt_prob: float) -> None:
+        self.caption_cfg, self.prompt_prob = caption_cfg, prompt_prob
+        self.images: list[torch.Tensor] = []
+        self.captions: list[str] = []
+        self.texts: list[str] = []
+        self.stated: list[dict] = []
+        self.objects: list[dict] = []
+        self.views: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def add(self, object_views_: torch.Tensor, obj: Any, rng: np.random.Generator) -> None:
+        """``object_views_``: ``[V, 3, S, S]`` crops of ``obj`` (anything with ``shape`` / ``colour`` / ``size``)."""
+        v = int(rng.integers(object_views_.shape[0]))
+        caption, stated = generic_caption(obj.shape, obj.colour, obj.size, rng, self.caption_cfg)
+        self.images.append(object_views_[v])
+        self.captions.append(caption)
+        self.texts.append(prompt_text(stated) if rng.random() < self.prompt_prob else caption)
+        self.stated.append(stated)
+        self.objects.append({"shape": obj.shape, "colour": obj.colour, "size": obj.size})
+        self.views.append(v)
+
+    def build(self) -> CocaBatch:
+        return CocaBatch(torch.stack(self.images), self.captions, self.texts, self.stated, self.objects, self.views)
+
+
 def coca_batch(scenes: Iterable[Scene], rng: np.random.Generator, size: int, batch_size: int,
                objects_per_scene: int, caption_cfg: GenericCaptionConfig, prompt_prob: float,
                sam_like_prob: float = 0.0) -> CocaBatch:
@@ -271,24 +302,16 @@ def coca_batch(scenes: Iterable[Scene], rng: np.random.Generator, size: int, bat
 
     ``sam_like_prob``: each object's crops are cut from a `sam_like_mask` of it with this probability (0 draws no
     extra random numbers, so recipes without it give the same batches as before)."""
-    images, captions, texts, stated_all, objects, views = [], [], [], [], [], []
+    crops = CaptionedCrops(caption_cfg, prompt_prob)
     for scene in scenes:
-        if len(images) >= batch_size:
+        if len(crops) >= batch_size:
             break
-        take = min(objects_per_scene, len(scene.objects), batch_size - len(images))
+        take = min(objects_per_scene, len(scene.objects), batch_size - len(crops))
         chosen = rng.choice(len(scene.objects), size=take, replace=False)
         masks = np.stack([scene.objects[int(k)].mask for k in chosen])
         if sam_like_prob > 0:
             masks = np.stack([sam_like_mask(m, rng) if rng.random() < sam_like_prob else m for m in masks])
         all_views = object_views(scene.image, masks, size)
         for row, k in enumerate(chosen):
-            obj = scene.objects[int(k)]
-            v = int(rng.integers(all_views.shape[1]))
-            caption, stated = generic_caption(obj.shape, obj.colour, obj.size, rng, caption_cfg)
-            images.append(all_views[row, v])
-            captions.append(caption)
-            texts.append(prompt_text(stated) if rng.random() < prompt_prob else caption)
-            stated_all.append(stated)
-            objects.append({"shape": obj.shape, "colour": obj.colour, "size": obj.size})
-            views.append(v)
-    return CocaBatch(torch.stack(images), captions, texts, stated_all, objects, views)
+            crops.add(all_views[row], scene.objects[int(k)], rng)
+    return crops.build()

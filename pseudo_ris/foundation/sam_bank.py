@@ -26,7 +26,7 @@ import torch
 from ..data.errors import PseudoRISError
 from ..data.io import atomic_write_with
 from .config import GenericCaptionConfig
-from .data import CocaBatch, generic_caption, object_views, prompt_text, scene_at
+from .data import CaptionedCrops, CocaBatch, object_views, scene_at
 
 BANK_NAME = "sam_bank.npz"
 BANK_STREAM = "coca_sam_bank"
@@ -135,25 +135,17 @@ def sam_bank_batch(bank: SamBank, groups: dict[int, list[int]], rng: np.random.G
     if not groups:
         raise SamBankError("the SAM bank holds no matched mask: the SAM finds no object at these settings")
     scenes = sorted(groups)
-    images, captions, texts, stated_all, objects, views = [], [], [], [], [], []
-    while len(images) < count:
+    crops = CaptionedCrops(caption_cfg, prompt_prob)
+    while len(crops) < count:
         index = scenes[int(rng.integers(len(scenes)))]
         rows = groups[index]
-        take = min(objects_per_scene, len(rows), count - len(images))
+        take = min(objects_per_scene, len(rows), count - len(crops))
         chosen = [rows[int(k)] for k in rng.choice(len(rows), size=take, replace=False)]
         scene = scene_at(BANK_STREAM, seed, index, dict(scene_cfg or {}))
         all_views = object_views(scene.image, bank.masks[chosen], size)
         for row, bank_row in enumerate(chosen):
-            obj = scene.objects[int(bank.object_index[bank_row])]
-            v = int(rng.integers(all_views.shape[1]))
-            caption, stated = generic_caption(obj.shape, obj.colour, obj.size, rng, caption_cfg)
-            images.append(all_views[row, v])
-            captions.append(caption)
-            texts.append(prompt_text(stated) if rng.random() < prompt_prob else caption)
-            stated_all.append(stated)
-            objects.append({"shape": obj.shape, "colour": obj.colour, "size": obj.size})
-            views.append(v)
-    return CocaBatch(torch.stack(images), captions, texts, stated_all, objects, views)
+            crops.add(all_views[row], scene.objects[int(bank.object_index[bank_row])], rng)
+    return crops.build()
 
 
 def concat_batches(a: CocaBatch, b: CocaBatch) -> CocaBatch:
