@@ -334,3 +334,24 @@ def test_reproduction_generates_with_the_main_jobs_settings():
     reproduction = list(OmegaConf.load(conf / "reproduce.yaml").generate_overrides)
     shared = [o for o in main_job if not o.startswith(("filter.", "max_images=", "report."))]
     assert shared and all(o in reproduction for o in shared), set(shared) - set(reproduction)
+
+
+def test_a_store_generated_by_another_process_skips_the_run_instead_of_failing_it(tmp_path, monkeypatch):
+    """Two processes sharing a plan: the second meets the first's candidate store mid-generation."""
+    import importlib
+
+    from pseudo_ris.data.locks import DirectoryInUse
+
+    execute_mod = importlib.import_module("ris_models.reproduction.execute")  # the package exports the function
+
+    def busy(*args, **kwargs):
+        raise DirectoryInUse(f"{tmp_path}/generate/sam is in use by pid 1")
+
+    monkeypatch.setattr(execute_mod, "run_trained", busy)
+    monkeypatch.setattr(execute_mod, "run_zero_shot", lambda plan, row: {"datasets": {}})
+    lines = []
+    records = execute_mod.execute(_plan(tmp_path, seeds=[0], models=["cris_tiny"], rows=["full"]), lines.append)
+    (rec,) = [r for r in records if r.row == "full"]
+    assert rec.result is None and rec.error == "running in another process"
+    assert any("another process, skipped" in line for line in lines) and not any("FAILED" in line for line in lines)
+    assert not (tmp_path / "runs" / "cris_tiny" / "full" / "synthref" / "s0" / "result.json").exists()
