@@ -195,6 +195,13 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- datamodule
+def lone_last_batch(items_per_rank: int, batch_size: int) -> bool:
+    """Whether an epoch's last training batch would hold a single sample: BatchNorm cannot train on it (one value
+    per channel has no variance; the tiny CRIS stops with a ValueError), so that batch is dropped. Every other
+    remainder is kept, so the step count of all other datasets is unchanged."""
+    return batch_size > 1 and items_per_rank % batch_size == 1
+
+
 class RISDataModule(L.LightningDataModule):
     """Training data from human/pseudo/mixed labels and evaluation on the dataset's eval splits.
 
@@ -378,8 +385,10 @@ class RISDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled by a `ResumableSampler` (which also splits ranks under DDP; Lightning must not replace it)."""
         dataset = self.train_dataset()
-        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler(),
-                                   num_workers=self.num_workers, collate_fn=collate, drop_last=False,
+        sampler = self.train_sampler()
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                                   num_workers=self.num_workers, collate_fn=collate,
+                                   drop_last=lone_last_batch(len(sampler), self.batch_size),
                                    persistent_workers=self.num_workers > 0,
                                    generator=torch.Generator().manual_seed(self.seed))
 

@@ -169,3 +169,28 @@ def test_eval_geometry_follows_the_protocol(tiny_ris_data):
     assert cris["image"][:, 6:42].abs().max() > 0.5
     with pytest.raises(DataConfigError, match="target_resize"):
         _dm(tiny_ris_data, mode="human", target_resize="bicubic")
+
+
+def test_a_lone_last_training_sample_is_dropped_so_batchnorm_can_train():
+    """17 refs at batch 16 left a final batch of one, which stops BatchNorm models (the tiny CRIS) mid-epoch."""
+    import torch
+
+    from ris_models.datamodule import lone_last_batch
+    from ris_models.resumable import ResumableDataLoader, ResumableSampler
+
+    assert lone_last_batch(17, 16) and lone_last_batch(33, 16)
+    assert not lone_last_batch(16, 16) and not lone_last_batch(18, 16) and not lone_last_batch(5, 1)
+    data = torch.arange(17, dtype=torch.float32)[:, None].repeat(1, 4)
+    sampler = ResumableSampler(len(data), 16, seed=0)
+    class ByDrawKey(torch.utils.data.Dataset):  # the project's datasets are indexed by the sampler's DrawKeys
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, key):
+            return data[key.index]
+
+    loader = ResumableDataLoader(ByDrawKey(), batch_size=16, sampler=sampler,
+                                 drop_last=lone_last_batch(len(sampler), 16))
+    norm = torch.nn.BatchNorm1d(4).train()
+    sizes = [len(norm(batch)) for batch in loader]
+    assert sizes == [16]
