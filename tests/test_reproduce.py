@@ -69,11 +69,18 @@ def test_plots_are_valid_pngs(tmp_path):
             assert len(set(im.convert("L").getdata())) > 2  # something was drawn
 
 
-def test_variant_datasets_from_a_store(tmp_path):
-    """beam / unfiltered / filtered datasets of one store differ exactly by the selected captions."""
+def _cand(mi, k, text, setting, distinctive, doc):
+    c = [1.0, 1.0]
+    c[mi] = doc
+    return {"image_id": 5, "file_name": "a.png", "mask_index": mi, "cand_index": k, "view": 0,
+            "view_name": "masked", "setting": setting, "distinctive": distinctive, "text": text, "noun": text,
+            "M_all": [1.0, 1.0], "C_all": c, "doc": doc, "uniqueness": doc, "correctness": 1.0,
+            "score_transform": "logit"}
+
+
+def _two_mask_store(tmp_path: Path, extra: list[dict] = ()) -> Path:
+    """A candidate store of one 8x8 image with two 2x2 masks: beam and distinctive captions (+ ``extra`` rows)."""
     from pseudo_ris.data.masks import mask_to_rle
-    from pseudo_ris.data.refer import ReferDataset
-    from pseudo_ris.evaluation.variants import write_variant_dataset
     from pseudo_ris.generation.store import CandidateStore
 
     store = CandidateStore(tmp_path / "store")
@@ -83,30 +90,45 @@ def test_variant_datasets_from_a_store(tmp_path):
     row = {"key": "5", "image_id": 5, "file_name": "a.png", "height": 8, "width": 8, "status": "ok",
            "masks": [{"index": i, "rle": mask_to_rle(m), "bbox": [0, 0, 1, 1], "area": 4, "score": 1.0,
                       "source": "sam", "category_id": None} for i, m in enumerate(masks)]}
-
-    def cand(mi, k, text, setting, distinctive, doc):
-        c = [1.0, 1.0]
-        c[mi] = doc
-        return {"image_id": 5, "file_name": "a.png", "mask_index": mi, "cand_index": k, "view": 0,
-                "view_name": "masked", "setting": setting, "distinctive": distinctive, "text": text, "noun": text,
-                "M_all": [1.0, 1.0], "C_all": c, "doc": doc, "uniqueness": doc, "correctness": 1.0,
-                "score_transform": "logit"}
-
-    store.add_image(row, [cand(0, 0, "a circle", "beam", False, 0.5), cand(0, 1, "a red circle", "topk5", True, 2.0),
-                          cand(1, 2, "a square", "beam", False, 3.0), cand(1, 3, "a blue one", "topp0.5", True, 0.9)])
+    store.add_image(row, [_cand(0, 0, "a circle", "beam", False, 0.5), _cand(0, 1, "a red circle", "topk5", True, 2.0),
+                          _cand(1, 2, "a square", "beam", False, 3.0), _cand(1, 3, "a blue one", "topp0.5", True, 0.9),
+                          *extra])
     (tmp_path / "store" / "summary.json").write_text(json.dumps({"policy": {"score_transform": "logit",
                                                                             "fallback": "drop"}}))
-    sents = {}
-    for variant in ("beam", "beam_distinctive", "full"):
-        write_variant_dataset(tmp_path / "store", variant, tmp_path / variant, image_dir=tmp_path)
-        ds = ReferDataset(tmp_path / variant, "pseudo")
-        assert ds.split_by == "pseudo" and ds.splits == ["train"]
-        sents[variant] = {int(r["ann_id"]): sorted(s["sent"] for s in r["sentences"]) for r in ds.refs}
-        for r in ds.refs:
-            assert ds.ref_mask(r).sum() == 4
+    return tmp_path / "store"
+
+
+def _variant_sentences(store: Path, variant: str, out: Path) -> dict[int, list[str]]:
+    from pseudo_ris.data.refer import ReferDataset
+    from pseudo_ris.evaluation.variants import write_variant_dataset
+
+    write_variant_dataset(store, variant, out, image_dir=out.parent)
+    ds = ReferDataset(out, "pseudo")
+    assert ds.split_by == "pseudo" and ds.splits == ["train"]
+    for r in ds.refs:
+        assert ds.ref_mask(r).sum() == 4
+    return {int(r["ann_id"]): sorted(s["sent"] for s in r["sentences"]) for r in ds.refs}
+
+
+def test_variant_datasets_from_a_store(tmp_path):
+    """beam / unfiltered / filtered datasets of one store differ exactly by the selected captions."""
+    store = _two_mask_store(tmp_path)
+    sents = {v: _variant_sentences(store, v, tmp_path / v) for v in ("beam", "beam_distinctive", "full")}
     assert sorted(sents["beam"].values()) == [["a circle"], ["a square"]]
     assert sorted(sents["beam_distinctive"].values()) == [["a blue one", "a square"], ["a circle", "a red circle"]]
     assert sorted(sents["full"].values()) == [["a red circle"], ["a square"]]  # DoC > 1 only
+
+
+def test_the_full_variant_keeps_the_spatial_steps_texts(tmp_path):
+    """A spatial-phrase store's full method includes the phrases (they are the row's point); the unfiltered
+    ablations stay the paper's decoding groups."""
+    spatial = [_cand(0, 4, "the red circle on the left", "spatial_location", False, 5.0),
+               _cand(1, 5, "the square on the right", "spatial_location", False, 0.2)]
+    store = _two_mask_store(tmp_path, spatial)
+    full = sorted(_variant_sentences(store, "full", tmp_path / "full").values())
+    assert full == [["a red circle", "the red circle on the left"], ["a square"]]  # DoC-filtered like the rest
+    unfiltered = sorted(_variant_sentences(store, "beam_distinctive", tmp_path / "bd").values())
+    assert not any("left" in t or "right" in t for texts in unfiltered for t in texts)
 
 
 @pytest.mark.slow

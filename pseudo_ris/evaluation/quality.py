@@ -50,9 +50,13 @@ class QualityError(PseudoRISError):
 
 
 def setting_group(row: Mapping[str, Any]) -> str:
-    """``beam`` | ``distinctive`` | ``plain`` (top-k / top-p sampling without the contrast)."""
-    if str(row.get("setting", "")).startswith("beam"):
+    """``beam`` | ``distinctive`` | ``plain`` (top-k / top-p sampling without the contrast) | ``spatial`` (a caption
+    extended by the optional spatial step with a location / size phrase)."""
+    setting = str(row.get("setting", ""))
+    if setting.startswith("beam"):
         return "beam"
+    if setting.startswith("spatial"):
+        return "spatial"
     return "distinctive" if row.get("distinctive") else "plain"
 
 
@@ -64,6 +68,9 @@ class Variant:
     label: str
     groups: tuple[str, ...]
     filtered: bool
+    #: groups also used when the store has them: the spatial step's texts belong to the full method's output (as in
+    #: the generator's own dataset), but a store without them still has every variant
+    optional: tuple[str, ...] = ()
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -72,7 +79,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("distinctive", "distinctive sampling (no filter)", ("distinctive",), False),
     Variant("beam_distinctive", "beam + distinctive (no filter)", ("beam", "distinctive"), False),
     Variant("plain_filtered", "beam + plain sampling + DoC filter", ("beam", "plain"), True),
-    Variant("full", "full method: beam + distinctive + DoC filter", ("beam", "distinctive"), True),
+    Variant("full", "full method: beam + distinctive + DoC filter", ("beam", "distinctive"), True, ("spatial",)),
 )
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -230,7 +237,7 @@ def variant_rows(images: list[dict], candidates: list[dict], variant: Variant, p
     """The candidate rows a variant labels with: its groups' rows, and (filtered) only those the DoC filter keeps."""
     from pseudo_ris.generation.writer import filter_candidates
 
-    rows = [r for r in candidates if setting_group(r) in variant.groups]
+    rows = [r for r in candidates if setting_group(r) in variant.groups + variant.optional]
     if not variant.filtered:
         return rows
     return [r for r in filter_candidates(images, rows, policy).candidates if r["kept"]]
