@@ -73,7 +73,7 @@ def test_coca_recipe_draws_its_share_from_the_bank(tmp_path, monkeypatch):
     sizes = []
     real = sam_bank.sam_bank_batch
     monkeypatch.setattr(sam_bank, "build_sam_bank", lambda *a, **k: build_sam_bank(3, seed=0, progress=False))
-    monkeypatch.setattr(sam_bank, "sam_bank_batch", lambda *a, **k: sizes.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(coca_training, "sam_bank_batch", lambda *a, **k: sizes.append(a[4]) or real(*a, **k))
     seen_batches = []
     real_loss = coca_training.coca_step_loss
     monkeypatch.setattr(coca_training, "coca_step_loss",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 
 from pseudo_ris.data.refer import ReferDataset, make_sentence, write_refer_dataset

@@ -29,6 +29,7 @@ from .config import (CocaTrainConfig, FoundationConfigError, GenericCaptionConfi
                      make_config)
 from .data import caption_vocabulary, coca_batch, compatible, scene_at, scene_rng
 from .loop import adamw_without_norm_decay, clamp_logit_scale, cosine_lr, run_loop, write_recipe
+from .sam_bank import BANK_NAME, concat_batches, load_or_build_sam_bank, sam_bank_batch
 
 WEIGHTS_NAME = "{arch}.pt"
 CONTEXT_LENGTH = 32
@@ -103,8 +104,6 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
     from_bank = int(round(cfg.batch_size * cfg.sam_bank_share))
     bank, groups = None, {}
     if from_bank:
-        from .sam_bank import BANK_NAME, load_or_build_sam_bank
-
         bank = load_or_build_sam_bank(out_dir / BANK_NAME, scenes=cfg.sam_bank_scenes, seed=cfg.seed,
                                       scene_cfg=cfg.scene, progress=progress)
         groups = bank.by_scene()
@@ -116,8 +115,6 @@ def train_coca(cfg: CocaTrainConfig | dict | None = None, out_dir: str | Path = 
         batch = coca_batch(scenes, rng, bundle.image_size, cfg.batch_size - from_bank, cfg.objects_per_scene,
                            caption_cfg, cfg.prompt_text_prob, cfg.sam_like_prob)
         if bank is not None:
-            from .sam_bank import concat_batches, sam_bank_batch
-
             batch = concat_batches(batch, sam_bank_batch(bank, groups, rng, bundle.image_size, from_bank,
                                                          cfg.objects_per_scene, caption_cfg, cfg.prompt_text_prob,
                                                          cfg.seed, cfg.scene))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -234,9 +235,10 @@ def run_meta(cfg: Mapping[str, Any], source: ImageSource) -> dict[str, Any]:
 
 
 def policy_from_cfg(flt: Mapping[str, Any]) -> FilterPolicy:
-    keys = ("threshold", "key", "fallback", "topk", "single_mask", "single_mask_topk", "score_transform", "seed",
-            "head_consensus")
-    return FilterPolicy(**{k: flt[k] for k in keys if k in flt})
+    """The filter options of ``filter:`` that are `FilterPolicy` fields (the others, e.g. ``nouns``, configure the
+    pipeline); derived from the dataclass so a new policy field needs no second list here."""
+    keys = {f.name for f in fields(FilterPolicy)}
+    return FilterPolicy(**{k: v for k, v in flt.items() if k in keys})
 
 
 def _shard_items(cfg: Mapping[str, Any], source: ImageSource, shard: int, num_shards: int) -> list[Any]:

@@ -131,7 +131,7 @@ def profile_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ReproduceConfigError(f"unknown row(s) {bad}; choose from {list(ROWS)}")
     if not p["datasets"] or p["datasets"][0] != "synthref":
         raise ReproduceConfigError("datasets must start with synthref (pseudo rows select checkpoints on it)")
-    _steps(p["max_steps"], p["models"])
+    p["max_steps"] = _steps(p["max_steps"], p["models"])
     return p
 
 
@@ -174,7 +174,7 @@ class Plan:
         name = cfg["profile"]
         p = profile_options(cfg)
         return cls(profile=name, seeds=[int(s) for s in p["seeds"]], models=list(p["models"]),
-                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=_steps(p["max_steps"], p["models"]),
+                   datasets=list(p["datasets"]), rows=list(p["rows"]), max_steps=p["max_steps"],
                    val_every=int(p["val_every"]), limit_eval=p.get("limit_eval"),
                    gen_max_images=p.get("gen_max_images"), plain_sampling=bool(p.get("plain_sampling", False)),
                    out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
@@ -187,18 +187,19 @@ class Plan:
 
 def _steps(value: Any, models: Sequence[str]) -> int | dict[str, int]:
     """``max_steps`` of a profile: a number, or ``{model: number}`` naming every model of the plan."""
-    if isinstance(value, Mapping):
-        missing = [m for m in models if m not in value]
-        if missing:
-            raise ReproduceConfigError(f"max_steps names no budget for model(s) {missing}: give a number for every "
-                                       "model of the plan, or one number for all")
-        steps = {str(m): int(value[m]) for m in models}
-    else:
-        steps = {"all": int(value)}
+    if not isinstance(value, Mapping):
+        if int(value) < 1:
+            raise ReproduceConfigError(f"max_steps must be >= 1, got {value}")
+        return int(value)
+    missing = [m for m in models if m not in value]
+    if missing:
+        raise ReproduceConfigError(f"max_steps names no budget for model(s) {missing}: give a number for every "
+                                   "model of the plan, or one number for all")
+    steps = {str(m): int(value[m]) for m in models}
     bad = {m: n for m, n in steps.items() if n < 1}
     if bad:
         raise ReproduceConfigError(f"max_steps must be >= 1, got {bad}")
-    return steps if isinstance(value, Mapping) else steps["all"]
+    return steps
 
 
 def _q(key: str, value: Any) -> str:
