@@ -13,6 +13,7 @@ from typing import Any
 
 from ris_models.lit_module import CheckpointError, RISLitModule, read_checkpoint
 
+
 def has_training_state(checkpoint: dict[str, Any]) -> bool:
     """Whether a checkpoint can be resumed (it carries optimizer and loop state), not only initialised from."""
     return "optimizer_states" in checkpoint and "loops" in checkpoint

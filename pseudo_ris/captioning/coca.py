@@ -28,7 +28,7 @@ from pseudo_ris.data.errors import PseudoRISError
 from pseudo_ris.data.io import atomic_write_bytes
 from pseudo_ris.weights import init_text_decoder, init_untrained_open_clip, resolve_open_clip_tag
 
-from .tokenizer import CaptionTokenizer, OpenClipTokenizer, WordTokenizer, tokenizer_from_dict
+from .tokenizer import CaptionTokenizer, OpenClipTokenizer, tokenizer_from_dict
 
 __all__ = [
     "CONFIG_DIR",

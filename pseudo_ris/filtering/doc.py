@@ -78,7 +78,6 @@ def _doc_scores_lists(M: list, C: list, m: int, transform: str) -> tuple[float, 
     return _ratio(M[m] * C[m], max(M[j] * C[j] for j in others)), _ratio(C[m], max(C[j] for j in others)), M[m]
 
 
-
 def _ratio_rows(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """`_ratio` elementwise: a zero denominator gives +inf / -inf / nan by the numerator's sign, whatever its own."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):

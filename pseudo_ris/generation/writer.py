@@ -51,6 +51,7 @@ class MedianSketch:
     @staticmethod
     def _bin_mid(b: int) -> float:
         lo, hi = b << 40, ((b + 1) << 40) - 1
+
         def to_float(key: int) -> float:
             bits = key if key >= 0 else -(key + 1) | (1 << 63)
             return struct.unpack("<d", struct.pack("<Q", bits & 0xFFFFFFFFFFFFFFFF))[0]

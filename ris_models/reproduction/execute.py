@@ -30,7 +30,6 @@ def _cached(path: Path, fn: Callable[[], dict]) -> tuple[dict, bool]:
     return result, False
 
 
-
 @dataclass
 class RunRecord:
     model: str

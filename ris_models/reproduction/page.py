@@ -14,6 +14,7 @@ from ris_models.reproduction.figures import FIGURE_CAPTIONS, make_plots
 from ris_models.reproduction.plan import STORES, Plan, ReproduceConfigError, planned_runs, results_page_path
 from ris_models.reproduction.statistics import claims_section, results_table
 
+
 def quality_section(plan: Plan) -> str:
     from pseudo_ris.evaluation.quality import (GroundTruth, dataset_quality, format_quality, store_quality,
                                                write_quality)
@@ -36,7 +37,6 @@ def quality_section(plan: Plan) -> str:
             write_quality(report, store, dataset=written, title=f"masks={masks}")
         parts.append(format_quality(report, written, title=f"Pseudo labels with masks={masks} ({store})"))
     return "\n\n".join(parts) if parts else "_no candidate store yet_"
-
 
 
 def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, seconds: float) -> Path:

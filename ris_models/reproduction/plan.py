@@ -99,12 +99,12 @@ def variant_key(row: Row) -> str:
         key += f"_{name}-{value}"
     return key
 
+
 #: table columns: (dataset, split, header)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("synthref", "val", "SR val"), ("synthref", "testA", "SR testA"), ("synthref", "testB", "SR testB"),
     ("synthref+", "val", "SR+ val"), ("synthref+", "testA", "SR+ testA"), ("synthref+", "testB", "SR+ testB"),
     ("synthrefg", "val", "SRg val"), ("synthrefg", "test", "SRg test"), ("synthref", "unseen", "unseen"))
-
 
 
 def compose(config_name: str, overrides: Sequence[str]) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 from ris_models.reproduction.execute import RunRecord
 from ris_models.reproduction.plan import COLUMNS, ROWS
 
+
 def per_seed(records: Sequence[RunRecord], model: str, metric: str) -> dict[str, dict[int, dict[tuple[str, str], float]]]:
     """``{row: {seed: {(dataset, split): value}}}``: a seed's cells gathered over its per-dataset runs."""
     out: dict[str, dict[int, dict[tuple[str, str], float]]] = {}
