@@ -53,8 +53,8 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
              f"to {plan.limit_eval or 'all'} sentences per split, generation on "
              f"{plan.gen_max_images or 'all'} pool images; {len(done)} runs finished, {len(failed)} failed or not "
              "run; "
-             f"time in the finished runs {run_seconds / 60:.0f} min, this invocation {seconds / 60:.1f} min "
-             "(CPU, 2 cores shared with other jobs).", "",
+             f"training time recorded by the finished runs {run_seconds / 60:.0f} min (a run resumed after a kill "
+             f"records only its last part), this invocation {seconds / 60:.1f} min.", "",
              "Numbers are percentages, mean ± std over seeds (a single number = one seed). SR = `synthref` "
              "(RefCOCO-style), SR+ = `synthref+` (no absolute location words), SRg = `synthrefg` (longer, "
              "RefCOCOg-style), unseen = `synthref` held-out-concept split (targets with a held-out shape or colour). "
