@@ -377,3 +377,16 @@ def test_a_store_generated_by_another_process_skips_the_run_instead_of_failing_i
     assert rec.result is None and rec.error == "running in another process"
     assert any("another process, skipped" in line for line in lines) and not any("FAILED" in line for line in lines)
     assert not (tmp_path / "runs" / "cris_tiny" / "full" / "synthref" / "s0" / "result.json").exists()
+
+
+def test_the_runs_table_tells_skipped_runs_from_failed_ones():
+    from ris_models.reproduction.execute import RunRecord
+
+    def status(**kw):
+        return RunRecord("cris_tiny", "full", "synthref", 0, **kw).status
+
+    assert status(result={"global_step": 2}) == "ok"
+    assert status(result={"global_step": 2}, cached=True) == "ok (cached)"
+    assert status(result=None, error="not run yet") == "not run yet"
+    assert status(result=None, error="running in another process") == "running in another process"
+    assert status(result=None, error="ValueError: bad\ntraceback lines") == "FAILED: ValueError: bad"

@@ -237,7 +237,8 @@ def variant_rows(images: list[dict], candidates: list[dict], variant: Variant, p
     """The candidate rows a variant labels with: its groups' rows, and (filtered) only those the DoC filter keeps."""
     from pseudo_ris.generation.writer import filter_candidates
 
-    rows = [r for r in candidates if setting_group(r) in variant.groups + variant.optional]
+    groups = variant.groups + variant.optional
+    rows = [r for r in candidates if setting_group(r) in groups]
     if not variant.filtered:
         return rows
     return [r for r in filter_candidates(images, rows, policy).candidates if r["kept"]]

@@ -96,11 +96,8 @@ def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, s
               "|---|---|---|---:|---:|---:|---|"]
     for r in records:
         res = r.result or {}
-        status = "ok (cached)" if r.cached else ("ok" if r.result else (
-            r.error if r.error in ("not run yet", "running in another process")
-            else "FAILED: " + (r.error or "").splitlines()[0]))
         lines.append(f"| {r.row} | {r.model} | {r.dataset} | {r.seed} | {res.get('global_step', '-')} | "
-                     f"{res.get('train_seconds', res.get('eval_seconds', '-'))} | {status} |")
+                     f"{res.get('train_seconds', res.get('eval_seconds', '-'))} | {r.status} |")
     atomic_write_text(page, "\n".join(lines) + "\n")
     return page
 
