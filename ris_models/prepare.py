@@ -69,11 +69,13 @@ def resolve_data(cfg: Mapping[str, Any], generate_cfg: Mapping[str, Any] | None 
 def auto_pseudo_root(cfg: Mapping[str, Any], data_root: Path, generate_cfg: Mapping[str, Any]) -> Path:
     """The main job's pseudo labels for SynthRef: foundation models, then generation (both cached)."""
     from pseudo_ris.foundation.registry import ensure_foundation_models
-    from ris_models.pseudo_labels import ensure_pseudo_labels
+    from ris_models.pseudo_labels import ensure_pseudo_labels, uses_clip_standin
 
     cache_dir = Path(str(cfg.get("cache_dir", "~/.cache/pseudo_ris"))).expanduser()
     options = _plain(cfg.get("pseudo_labels"))
+    # the pseudo-label generator's models: SAM, CoCa and, when it scores DoC, the CLIP stand-in
+    kinds = ("sam", "coca", "clip") if uses_clip_standin(_plain(generate_cfg)) else ("sam", "coca")
     foundation = ensure_foundation_models(cache_dir / "foundation", retrain=bool(options.get("retrain_foundation")),
-                                          kinds=("sam", "coca"))  # the pseudo-label generator's models
+                                          kinds=kinds)
     return ensure_pseudo_labels(_plain(generate_cfg), data_root=data_root, cache_dir=cache_dir,
                                 foundation=foundation)

@@ -46,7 +46,15 @@ def resolve_generation_config(gen_cfg: Mapping[str, Any], *, data_root: str | Pa
     cfg["data_root"] = str(data_root)
     cfg.setdefault("sam", {})["checkpoint"] = str(foundation["sam"])
     cfg.setdefault("generator", {}).setdefault("captioner", {})["pretrained"] = str(foundation["coca"])
+    if uses_clip_standin(cfg):
+        cfg["generator"]["scorer"]["pretrained"] = str(foundation["clip"])
     return cfg
+
+
+def uses_clip_standin(gen_cfg: Mapping[str, Any]) -> bool:
+    """Whether DoC is scored by the shipped SynthRef CLIP stand-in (then it is a foundation model of the run too)."""
+    scorer = (gen_cfg.get("generator") or {}).get("scorer") or {}
+    return scorer.get("name") == "clip_synthref" and str(scorer.get("pretrained")) == "shipped"
 
 
 def ensure_pseudo_labels(gen_cfg: Mapping[str, Any], *, data_root: str | Path, cache_dir: str | Path,

@@ -319,8 +319,9 @@ def test_per_model_step_budgets(tmp_path):
         _steps(0, ["cris_tiny"])
 
 
-def test_vote_row_cuts_its_dataset_with_the_main_jobs_filter(tmp_path, monkeypatch):
-    """The vote row's labels come from the same store as ``full``, re-filtered with the head-noun vote."""
+def test_vote_rows_cut_their_datasets_with_their_filters(tmp_path, monkeypatch):
+    """``full_vote_coca`` re-filters the ``full`` row's store; ``full_vote`` (the main job's labels) the same
+    captions scored by the CLIP stand-in; both with the head-noun vote, at their own thresholds."""
     import ris_models.reproduction.stages as stages
     from ris_models.reproduction.plan import variant_key
 
@@ -329,32 +330,57 @@ def test_vote_row_cuts_its_dataset_with_the_main_jobs_filter(tmp_path, monkeypat
     monkeypatch.setattr("pseudo_ris.evaluation.variants.write_variant_dataset",
                         lambda store, variant, root, policy=None: calls.append((store, variant, policy)) or {})
     plan = _plan(tmp_path)
-    full, vote = stages.ensure_variant(plan, ROWS["full"]), stages.ensure_variant(plan, ROWS["full_vote"])
-    assert full != vote and vote.name == variant_key(ROWS["full_vote"])
+    roots = [stages.ensure_variant(plan, ROWS[r]) for r in ("full", "full_vote_coca", "full_vote")]
+    assert len(set(roots)) == 3 and roots[2].name == variant_key(ROWS["full_vote"])
     assert calls[0] == (tmp_path / "store" / "sam", "full", None)
     assert calls[1] == (tmp_path / "store" / "sam", "full",
                         {"head_consensus": True, "threshold": 10.0, "fallback": "drop"})
+    assert calls[2] == (tmp_path / "store" / "sam_clip", "full",
+                        {"head_consensus": True, "threshold": 1000.0, "fallback": "drop"})
 
 
-def test_vote_policy_is_the_main_jobs_filter():
+def test_the_clip_stores_differ_from_theirs_only_by_the_scorer(tmp_path):
+    """Same masks, same captions (same seeds and captioner): the scorer is the only difference."""
+    from ris_models.reproduction.stages import generate_config
+
+    plan = _plan(tmp_path)
+    for base, clip in (("sam", "sam_clip"), ("gt", "gt_clip")):
+        a, b = generate_config(plan, base), generate_config(plan, clip)
+        assert b["generator"]["scorer"]["name"] == "clip_synthref" and a["generator"]["scorer"]["kind"] == "captioner"
+        drop = ("generator", "out_dir", "out_root")
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+        assert a["generator"]["captioner"] == b["generator"]["captioner"]
+
+
+def _main_job_overrides() -> list[str]:
     from omegaconf import OmegaConf
 
-    from ris_models.reproduction.plan import VOTE_POLICY
-
     train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
-    main_job = dict(o.split("=", 1) for o in train.pseudo_labels.generate if o.startswith("filter."))
-    assert {f"filter.{k}": str(v).lower() for k, v in VOTE_POLICY} == \
-        {k: str(float(v) if k == "filter.threshold" else v).lower() for k, v in main_job.items()}
+    return [o.split("#")[0].strip() for o in train.pseudo_labels.generate]
+
+
+def test_the_main_job_row_uses_the_main_jobs_filter_and_scorer():
+    from ris_models.reproduction.plan import MAIN_JOB_POLICY, STORES
+
+    main_job = _main_job_overrides()
+    filters = dict(o.split("=", 1) for o in main_job if o.startswith("filter."))
+    assert {f"filter.{k}": str(v).lower() for k, v in MAIN_JOB_POLICY} == \
+        {k: str(float(v) if k == "filter.threshold" else v).lower() for k, v in filters.items()}
+    assert ROWS["full_vote"].policy == MAIN_JOB_POLICY
+    scorer = [o for o in main_job if o.startswith("generator/scorer=")]
+    assert scorer and all(o in STORES[ROWS["full_vote"].store] for o in scorer)
+    assert STORES[ROWS["full_gt_vote"].store] == ("masks=gt", *scorer) and ROWS["full_gt_vote"].policy == MAIN_JOB_POLICY
 
 
 def test_reproduction_generates_with_the_main_jobs_settings():
-    """Only the filter (a row's business), the image count and the report may differ from the main job's labels."""
+    """Only the filter and scorer (a row's and store's business), the image count and the report may differ from
+    the main job's labels."""
     from omegaconf import OmegaConf
 
     conf = Path(__file__).resolve().parents[1] / "conf"
-    main_job = [o.split("#")[0].strip() for o in OmegaConf.load(conf / "train.yaml").pseudo_labels.generate]
     reproduction = list(OmegaConf.load(conf / "reproduce.yaml").generate_overrides)
-    shared = [o for o in main_job if not o.startswith(("filter.", "max_images=", "report."))]
+    shared = [o for o in _main_job_overrides()
+              if not o.startswith(("filter.", "max_images=", "report.", "generator/scorer="))]
     assert shared and all(o in reproduction for o in shared), set(shared) - set(reproduction)
 
 
@@ -390,3 +416,50 @@ def test_the_runs_table_tells_skipped_runs_from_failed_ones():
     assert status(result=None, error="not run yet") == "not run yet"
     assert status(result=None, error="running in another process") == "running in another process"
     assert status(result=None, error="ValueError: bad\ntraceback lines") == "FAILED: ValueError: bad"
+
+
+def test_a_cached_result_of_a_row_defined_otherwise_is_refused(tmp_path, monkeypatch):
+    """Results record their row's definition: after a row changes (store, filter, overrides) its old numbers are
+    never shown under the new definition; a result made under the current one is read from the cache."""
+    import importlib
+
+    from ris_models.reproduction.plan import run_dir
+
+    ex = importlib.import_module("ris_models.reproduction.execute")  # the package re-exports the function `execute`
+    plan = _plan(tmp_path, seeds=[0], models=["lavt_tiny"], datasets=["synthref"], rows=["full_vote", "full"])
+    monkeypatch.setattr(ex, "complete_datasets", lambda plan, m, r, d, s, result, path: result)
+    monkeypatch.setattr(ex, "run_trained", lambda *a: pytest.fail("a cached run was trained again"))
+    cells = {"synthref": {"val": {"mIoU": 0.3}}}
+    stale = dict(ROWS["full_vote"].spec(), policy=[["threshold", 10.0]])
+    for row, spec in (("full_vote", stale), ("full", ROWS["full"].spec())):
+        path = run_dir(plan, "lavt_tiny", row, "synthref", 0) / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"datasets": cells, "row_spec": spec}))
+    records = {r.row: r for r in ex.execute(plan, progress=lambda s: None)}
+    assert records["full"].result is not None and records["full"].cached
+    assert records["full_vote"].result is None and "StaleResult" in records["full_vote"].error
+    assert "delete its run directory" in records["full_vote"].status
+
+
+def test_the_quality_section_adds_the_labels_of_each_filtered_row(tmp_path, monkeypatch):
+    """A store's quality table gets one line per row that re-filters it with its own policy (the main job's labels),
+    computed with that policy and cached with the store's report."""
+    import ris_models.reproduction.page as page
+
+    plan = _plan(tmp_path, rows=["full", "full_vote", "full_vote_coca"])
+    calls = []
+
+    def fake_quality(store, truth, variants=None, policy=None):
+        calls.append((Path(store).name, variants, policy))
+        return {"variants": {"full": {"label": "full method", "referential": 0.5 if policy else 0.2}}}
+
+    monkeypatch.setattr("pseudo_ris.evaluation.quality.store_quality", fake_quality)
+    report = {"variants": {"full": {"label": "full method"}}}
+    assert page._add_row_filters(plan, "sam_clip", tmp_path / "sam_clip", report, truth=None)
+    assert calls == [("sam_clip", ["full"], {"head_consensus": True, "threshold": 1000.0, "fallback": "drop"})]
+    line = report["variants"]["row:full_vote"]
+    assert "row `full_vote`" in line["label"] and line["referential"] == 0.5
+    assert not page._add_row_filters(plan, "sam_clip", tmp_path / "sam_clip", report, truth=None)  # cached
+    report_sam = {"variants": {}}
+    assert page._add_row_filters(plan, "sam", tmp_path / "sam", report_sam, truth=None)
+    assert list(report_sam["variants"]) == ["row:full_vote_coca"] and calls[-1][2]["threshold"] == 10.0

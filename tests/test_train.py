@@ -245,3 +245,27 @@ def test_lavt_tiny_trains_and_evaluates(tiny_ris_data, tmp_path):
     assert Path(out["best_ckpt"]).read_bytes() == Path(out["last_ckpt"]).read_bytes()
     ckpt = torch.load(out["last_ckpt"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["ris_model"]["model_type"] == "lavt" and ckpt["ris_model"]["vocab_text"]
+
+
+def test_the_main_jobs_clip_scorer_is_one_of_its_foundation_models(tmp_path, monkeypatch):
+    """The main job scores DoC with the shipped CLIP stand-in: ``retrain_foundation`` must train it with SAM and CoCa,
+    and the generation must use the weights it returns, while a CoCa-head scorer asks for no CLIP."""
+    import pseudo_ris.foundation.registry as registry
+    import ris_models.pseudo_labels as pl
+    from ris_models.prepare import auto_pseudo_root
+    from ris_models.reproduction.plan import compose
+
+    asked, used = [], []
+    monkeypatch.setattr(registry, "ensure_foundation_models", lambda cache, retrain=False, kinds=None: asked.append(
+        (retrain, kinds)) or {k: tmp_path / f"{k}.pt" for k in kinds})
+    monkeypatch.setattr(pl, "ensure_pseudo_labels", lambda gen, *, data_root, cache_dir, foundation: used.append(
+        pl.resolve_generation_config(gen, data_root=data_root, foundation=foundation)) or tmp_path)
+    main_job = list(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml").pseudo_labels.generate)
+    cfg = {"cache_dir": str(tmp_path), "pseudo_labels": {"retrain_foundation": True}}
+    auto_pseudo_root(cfg, tmp_path, compose("generate", main_job))
+    assert asked[-1] == (True, ("sam", "coca", "clip"))
+    scorer = used[-1]["generator"]["scorer"]
+    assert scorer["name"] == "clip_synthref" and scorer["pretrained"] == str(tmp_path / "clip.pt")
+    assert used[-1]["generator"]["captioner"]["pretrained"] == str(tmp_path / "coca.pt")
+    auto_pseudo_root(cfg, tmp_path, compose("generate", [o for o in main_job if not o.startswith("generator/scorer")]))
+    assert asked[-1] == (True, ("sam", "coca")) and used[-1]["generator"]["scorer"]["kind"] == "captioner"

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
         unknown = sorted(set(cfg) - set(base))
         if unknown:
             raise OptionError(f"unknown option(s) {unknown}; see python tools/reproduce.py --help")
-        reproduce(cfg, command="python tools/reproduce.py " + " ".join(shlex.quote(a) for a in argv))
+        reproduce(cfg, command=" ".join(["python tools/reproduce.py", *(shlex.quote(a) for a in argv)]))
 
 
 if __name__ == "__main__":

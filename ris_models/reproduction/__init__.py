@@ -7,8 +7,9 @@ Rows (``ROWS``; arXiv 2407.07412 Tab. 1-4 in miniature):
   + distinctive samples (unfiltered); + DoC filtering (the full method). One store, three selections
   (`pseudo_ris.evaluation.variants`), so only the labels differ;
 * ``full_gt``: the full method on GT instance masks (``masks=gt``): caption quality without mask errors;
-* ``full_vote``: the full method's candidates re-filtered with the main job's filter (head-noun vote, DoC > 10, masks
-  without a passing candidate dropped);
+* ``full_vote``: the main job's labels: the same captions scored by the CLIP stand-in (``sam_clip`` store) and
+  filtered with the main job's filter (head-noun vote, DoC > 1000, masks without a passing candidate dropped);
+  ``full_vote_coca``: the vote on the CoCa-head scores at DoC > 10; ``full_gt_vote``: the main job's filter on GT masks;
 * ``full_spatial``: the full method on a store whose expressions may carry location / size phrases (beyond the paper);
 * ``human_100`` / ``human_10``: human labels, all / a 10 % image subset; ``mixed_10``: 10 % human + pseudo (full);
 * initialisation ablations on ``synthref``: ``human_100_scratch`` / ``full_scratch`` (tiny CRIS without its CLIP
@@ -18,7 +19,8 @@ Rows (``ROWS``; arXiv 2407.07412 Tab. 1-4 in miniature):
 Pseudo-label rows do not depend on the evaluation dataset (the labels come from the unlabelled pool): each is trained
 once, its checkpoint selected on ``synthref`` val (the first dataset), and evaluated on every dataset. Human and
 mixed rows are trained per dataset. Every run writes ``<out_dir>/runs/<model>/<row>/<dataset>/s<seed>/result.json``;
-a rerun skips finished runs and resumes a killed training from its ``last.ckpt``. The page shows mean ± std over
+a rerun skips finished runs and resumes a killed training from its ``last.ckpt``; a result records its row's
+definition (``Row.spec``) and is refused once the row is defined otherwise. The page shows mean ± std over
 seeds (std over n seeds with ddof 1; "-" for one seed).
 
 The reproduction drives both generation (`pseudo_ris`) and training (`ris_models`), so it lives here and not in

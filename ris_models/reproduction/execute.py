@@ -22,9 +22,17 @@ from ris_models.reproduction.stages import complete_datasets, run_trained, run_z
 log = logging.getLogger(__name__)
 
 
-def _cached(path: Path, fn: Callable[[], dict]) -> tuple[dict, bool]:
+class StaleResult(RuntimeError):
+    """A cached result made under another definition of its row (other store, filter, training overrides)."""
+
+
+def _cached(path: Path, fn: Callable[[], dict], spec: dict) -> tuple[dict, bool]:
     if path.is_file():
-        return json.loads(path.read_text()), True
+        result = json.loads(path.read_text())
+        if "row_spec" in result and result["row_spec"] != spec:  # results written before specs were recorded pass
+            raise StaleResult(f"{path} was made with row definition {result['row_spec']}, the row is now {spec}; "
+                              "delete its run directory to redo it")
+        return result, True
     result = fn()
     atomic_write_json(path, result, indent=2)
     return result, False
@@ -82,14 +90,14 @@ def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bo
         try:
             start = time.perf_counter()
             if report_only:
-                result, cached = _cached(path, fn)
+                result, cached = _cached(path, fn, ROWS[row].spec())
             else:
                 with run_lock(path.parent) as mine:
                     if not mine:
                         progress(f"{tag}: running in another process, skipped")
                         records.append(RunRecord(model, row, ds, seed, None, ELSEWHERE))
                         continue
-                    result, cached = _cached(path, fn)
+                    result, cached = _cached(path, fn, ROWS[row].spec())
                     if cached:
                         result = complete_datasets(plan, model, row, ds, seed, result, path)
             progress(f"{tag}: {'cached' if cached else f'done in {time.perf_counter() - start:.0f} s'}")

@@ -11,7 +11,7 @@ from pseudo_ris.data.io import atomic_write_text
 from pseudo_ris.data.plain import to_plain as _plain
 from ris_models.reproduction.execute import RunRecord, execute
 from ris_models.reproduction.figures import FIGURE_CAPTIONS, make_plots
-from ris_models.reproduction.plan import STORES, Plan, ReproduceConfigError, planned_runs, results_page_path
+from ris_models.reproduction.plan import ROWS, STORES, Plan, ReproduceConfigError, planned_runs, results_page_path
 from ris_models.reproduction.statistics import claims_section, results_table
 
 
@@ -35,8 +35,29 @@ def quality_section(plan: Plan) -> str:
             # store also holds plain samples
             written = dataset_quality(store, "pseudo", truth) if (store / "pseudo").is_dir() else None
             write_quality(report, store, dataset=written, title=f"masks={masks}")
-        parts.append(format_quality(report, written, title=f"Pseudo labels with masks={masks} ({store})"))
+        if _add_row_filters(plan, masks, store, report, truth):
+            write_quality(report, store, dataset=written, title=f"masks={masks}")
+        parts.append(format_quality(report, written, title=f"Pseudo labels of the store {masks} ({store})"))
     return "\n\n".join(parts) if parts else "_no candidate store yet_"
+
+
+def _add_row_filters(plan: Plan, store_name: str, store: Path, report: dict, truth: Any) -> bool:
+    """Add to a store's quality report one line per row of the plan that re-filters it with its own policy (the
+    labels that row trains on, e.g. the main job's filter); returns whether a line was (re)computed."""
+    from pseudo_ris.evaluation.quality import store_quality
+
+    changed = False
+    for name in plan.rows:
+        row = ROWS[name]
+        if row.store != store_name or not row.policy:
+            continue
+        key, policy = f"row:{name}", {k: v for k, v in row.policy}
+        if report["variants"].get(key, {}).get("row_policy") == policy:
+            continue
+        line = store_quality(store, truth, variants=[row.variant], policy=policy)["variants"][row.variant]
+        report["variants"][key] = {**line, "label": f"{row.label} (row `{name}`)", "row_policy": policy}
+        changed = True
+    return changed
 
 
 def write_results_page(plan: Plan, records: Sequence[RunRecord], command: str, seconds: float) -> Path:

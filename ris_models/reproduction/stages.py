@@ -109,7 +109,8 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
             datasets[other] = _evaluate_other(plan, ckpt, other, cfg["trainer"], Path(ckpt).parent)
     return {"datasets": datasets, "global_step": int(result["global_step"]),
             "train_seconds": round(float(result["train_seconds"]), 1), "checkpoint": str(ckpt),
-            "metrics_csv": [str(p) for p in metrics_files(out)], "data_root": str(plan.data_root)}
+            "metrics_csv": [str(p) for p in metrics_files(out)], "data_root": str(plan.data_root),
+            "row_spec": row.spec()}
 
 
 def _zero_shot_on(plan: Plan, row_name: str, datasets: Sequence[str]) -> dict[str, dict]:
@@ -129,7 +130,7 @@ def run_zero_shot(plan: Plan, row_name: str) -> dict:
     start = time.perf_counter()
     datasets = _zero_shot_on(plan, row_name, plan.datasets)
     return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1),
-            "data_root": str(plan.data_root)}
+            "data_root": str(plan.data_root), "row_spec": ROWS[row_name].spec()}
 
 
 def missing_datasets(plan: Plan, row_name: str, result: Mapping[str, Any]) -> list[str]:
