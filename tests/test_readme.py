@@ -179,3 +179,16 @@ def test_readme_commands_run_at_tiny_sizes(tmp_path):
                              env=env, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, f"{command}\n{res.stderr[-3000:]}"
     assert not (ROOT / "data").exists() or (ROOT / "data").is_dir()  # nothing was written into the repository
+
+
+def test_readme_generate_command_with_the_main_jobs_settings_matches_the_main_job():
+    """The README's "the main job's settings" command must make the labels ``tools/train.py data=pseudo`` makes: the
+    same overrides as conf/train.yaml ``pseudo_labels.generate`` (its HTML report aside), on the shipped tiny SAM."""
+    from omegaconf import OmegaConf
+
+    main_job = {o.split("#")[0].strip() for o in OmegaConf.load(ROOT / "conf" / "train.yaml").pseudo_labels.generate}
+    main_job -= {"report.enabled=true"}
+    candidates = [c for c in readme_commands() if c.startswith("python tools/generate.py generator/captioner=")]
+    assert len(candidates) == 1, candidates
+    _, args = _split(candidates[0])
+    assert set(args) == main_job | {"sam.checkpoint=shipped"}
