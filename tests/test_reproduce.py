@@ -418,27 +418,50 @@ def test_the_runs_table_tells_skipped_runs_from_failed_ones():
     assert status(result=None, error="ValueError: bad\ntraceback lines") == "FAILED: ValueError: bad"
 
 
-def test_a_cached_result_of_a_row_defined_otherwise_is_refused(tmp_path, monkeypatch):
-    """Results record their row's definition: after a row changes (store, filter, overrides) its old numbers are
-    never shown under the new definition; a result made under the current one is read from the cache."""
+def test_a_cached_result_made_under_another_spec_is_refused(tmp_path, monkeypatch):
+    """Results record their spec: after a row changes (store, filter, overrides) or the plan does (steps, overrides),
+    old numbers are never shown as new ones; a result made under the current spec is read from the cache."""
     import importlib
 
-    from ris_models.reproduction.plan import run_dir
+    from ris_models.reproduction.plan import run_dir, run_spec
 
     ex = importlib.import_module("ris_models.reproduction.execute")  # the package re-exports the function `execute`
-    plan = _plan(tmp_path, seeds=[0], models=["lavt_tiny"], datasets=["synthref"], rows=["full_vote", "full"])
+    plan = _plan(tmp_path, seeds=[0], models=["lavt_tiny"], datasets=["synthref"],
+                 rows=["full_vote", "full", "human_100"])
     monkeypatch.setattr(ex, "complete_datasets", lambda plan, m, r, d, s, result, path: result)
     monkeypatch.setattr(ex, "run_trained", lambda *a: pytest.fail("a cached run was trained again"))
     cells = {"synthref": {"val": {"mIoU": 0.3}}}
-    stale = dict(ROWS["full_vote"].spec(), policy=[["threshold", 10.0]])
-    for row, spec in (("full_vote", stale), ("full", ROWS["full"].spec())):
+    stale_row = run_spec(plan, "lavt_tiny", "full_vote")
+    stale_row["row"] = dict(stale_row["row"], policy=[["threshold", 10.0]])
+    stale_steps = dict(run_spec(plan, "lavt_tiny", "human_100"), steps=plan.max_steps + 1)
+    for row, spec in (("full_vote", stale_row), ("full", run_spec(plan, "lavt_tiny", "full")),
+                      ("human_100", stale_steps)):
         path = run_dir(plan, "lavt_tiny", row, "synthref", 0) / "result.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({"datasets": cells, "row_spec": spec}))
+        path.write_text(json.dumps({"datasets": cells, "run_spec": spec}))
     records = {r.row: r for r in ex.execute(plan, progress=lambda s: None)}
     assert records["full"].result is not None and records["full"].cached
     assert records["full_vote"].result is None and "StaleResult" in records["full_vote"].error
-    assert "delete its run directory" in records["full_vote"].status
+    assert "another row" in records["full_vote"].error and "delete its run directory" in records["full_vote"].status
+    assert records["human_100"].result is None and "another steps" in records["human_100"].error
+
+
+def test_a_run_spec_holds_what_decides_the_numbers(tmp_path):
+    from ris_models.reproduction.plan import run_spec
+
+    plan = _plan(tmp_path)
+    base = run_spec(plan, "cris_tiny", "full")
+    assert run_spec(_plan(tmp_path, max_steps=3), "cris_tiny", "full") != base
+    assert run_spec(_plan(tmp_path, train_overrides=["x=1"]), "cris_tiny", "full") != base
+    assert run_spec(_plan(tmp_path, generate_overrides=["x=1"]), "cris_tiny", "full") != base
+    assert run_spec(_plan(tmp_path, limit_eval=5), "cris_tiny", "full") != base
+    # the zero-shot row trains nothing: training budgets do not concern it, generation does
+    zero = run_spec(plan, "-", "zero_shot")
+    assert run_spec(_plan(tmp_path, max_steps=3, train_overrides=["x=1"]), "-", "zero_shot") == zero
+    assert run_spec(_plan(tmp_path, gen_max_images=3), "-", "zero_shot") != zero
+    # human rows use no store
+    human = run_spec(plan, "cris_tiny", "human_100")
+    assert run_spec(_plan(tmp_path, generate_overrides=["x=1"]), "cris_tiny", "human_100") == human
 
 
 def test_the_quality_section_adds_the_labels_of_each_filtered_row(tmp_path, monkeypatch):

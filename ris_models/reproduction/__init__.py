@@ -19,8 +19,8 @@ Rows (``ROWS``; arXiv 2407.07412 Tab. 1-4 in miniature):
 Pseudo-label rows do not depend on the evaluation dataset (the labels come from the unlabelled pool): each is trained
 once, its checkpoint selected on ``synthref`` val (the first dataset), and evaluated on every dataset. Human and
 mixed rows are trained per dataset. Every run writes ``<out_dir>/runs/<model>/<row>/<dataset>/s<seed>/result.json``;
-a rerun skips finished runs and resumes a killed training from its ``last.ckpt``; a result records its row's
-definition (``Row.spec``) and is refused once the row is defined otherwise. The page shows mean ± std over
+a rerun skips finished runs and resumes a killed training from its ``last.ckpt``; a result records its spec (the row's
+definition and the plan's budgets and overrides, ``plan.run_spec``) and is refused once they differ. The page shows mean ± std over
 seeds (std over n seeds with ddof 1; "-" for one seed).
 
 The reproduction drives both generation (`pseudo_ris`) and training (`ris_models`), so it lives here and not in

@@ -16,22 +16,26 @@ from typing import Callable, Iterator
 
 from pseudo_ris.data.io import atomic_write_json
 from pseudo_ris.data.locks import LOCK_NAME, DirectoryInUse, file_lock
-from ris_models.reproduction.plan import ROWS, Plan, planned_runs, run_dir
+from ris_models.reproduction.plan import ROWS, Plan, planned_runs, run_dir, run_spec
 from ris_models.reproduction.stages import complete_datasets, run_trained, run_zero_shot
 
 log = logging.getLogger(__name__)
 
 
 class StaleResult(RuntimeError):
-    """A cached result made under another definition of its row (other store, filter, training overrides)."""
+    """A cached result made under another spec: another row definition (store, filter, training overrides) or other
+    plan settings (steps, evaluation limit, overrides)."""
 
 
 def _cached(path: Path, fn: Callable[[], dict], spec: dict) -> tuple[dict, bool]:
     if path.is_file():
         result = json.loads(path.read_text())
-        if "row_spec" in result and result["row_spec"] != spec:  # results written before specs were recorded pass
-            raise StaleResult(f"{path} was made with row definition {result['row_spec']}, the row is now {spec}; "
-                              "delete its run directory to redo it")
+        recorded = result.get("run_spec")
+        if recorded is not None and recorded != spec:  # results written before specs were recorded pass
+            changed = sorted(k for k in {*spec, *recorded} if spec.get(k) != recorded.get(k))
+            was, now = ({k: s.get(k) for k in changed} for s in (recorded, spec))
+            raise StaleResult(f"{path} was made under another {', '.join(changed)} ({was} -> {now}); delete its run "
+                              "directory to redo it, or use another out_dir")
         return result, True
     result = fn()
     atomic_write_json(path, result, indent=2)
@@ -90,14 +94,14 @@ def execute(plan: Plan, progress: Callable[[str], None] = print, report_only: bo
         try:
             start = time.perf_counter()
             if report_only:
-                result, cached = _cached(path, fn, ROWS[row].spec())
+                result, cached = _cached(path, fn, run_spec(plan, model, row))
             else:
                 with run_lock(path.parent) as mine:
                     if not mine:
                         progress(f"{tag}: running in another process, skipped")
                         records.append(RunRecord(model, row, ds, seed, None, ELSEWHERE))
                         continue
-                    result, cached = _cached(path, fn, ROWS[row].spec())
+                    result, cached = _cached(path, fn, run_spec(plan, model, row))
                     if cached:
                         result = complete_datasets(plan, model, row, ds, seed, result, path)
             progress(f"{tag}: {'cached' if cached else f'done in {time.perf_counter() - start:.0f} s'}")

@@ -222,6 +222,20 @@ def _q(key: str, value: Any) -> str:
     return f"{key}={json.dumps(str(value))}"
 
 
+def run_spec(plan: Plan, model: str, row_name: str) -> dict[str, Any]:
+    """Everything that decides a run's numbers besides its seed and dataset: the row's definition and the plan's
+    budgets and overrides. Recorded in each result; a cached result made under another spec is refused, so widening a
+    budget or changing an override in the same ``out_dir`` never shows old numbers as new ones."""
+    row = ROWS[row_name]
+    spec: dict[str, Any] = {"row": row.spec(), "limit_eval": plan.limit_eval, "data": plan.data_root.name}
+    if row.store:
+        spec.update(gen_max_images=plan.gen_max_images, plain_sampling=plan.plain_sampling,
+                    generate_overrides=list(plan.generate_overrides))
+    if row.kind != "zero_shot":
+        spec.update(steps=plan.steps_for(model), val_every=plan.val_every, train_overrides=list(plan.train_overrides))
+    return spec
+
+
 def run_dir(plan: Plan, model: str, row: str, dataset: str, seed: int) -> Path:
     return plan.out_dir / "runs" / model / row / dataset / f"s{seed}"
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from pseudo_ris.data.io import atomic_write_json
 from ris_models.reproduction.figures import metrics_files
-from ris_models.reproduction.plan import ROWS, STORES, Plan, Row, _q, compose, run_dir, variant_key
+from ris_models.reproduction.plan import ROWS, STORES, Plan, Row, _q, compose, run_dir, run_spec, variant_key
 
 PLAIN_SETTINGS = ("[{kind: beam, value: 6}, {kind: topk, value: 5, distinctive: true}, "
                   "{kind: topk, value: 7, distinctive: true}, {kind: topk, value: 9, distinctive: true}, "
@@ -110,7 +110,7 @@ def run_trained(plan: Plan, model: str, row_name: str, dataset: str, seed: int) 
     return {"datasets": datasets, "global_step": int(result["global_step"]),
             "train_seconds": round(float(result["train_seconds"]), 1), "checkpoint": str(ckpt),
             "metrics_csv": [str(p) for p in metrics_files(out)], "data_root": str(plan.data_root),
-            "row_spec": row.spec()}
+            "run_spec": run_spec(plan, model, row_name)}
 
 
 def _zero_shot_on(plan: Plan, row_name: str, datasets: Sequence[str]) -> dict[str, dict]:
@@ -130,7 +130,7 @@ def run_zero_shot(plan: Plan, row_name: str) -> dict:
     start = time.perf_counter()
     datasets = _zero_shot_on(plan, row_name, plan.datasets)
     return {"datasets": datasets, "eval_seconds": round(time.perf_counter() - start, 1),
-            "data_root": str(plan.data_root), "row_spec": ROWS[row_name].spec()}
+            "data_root": str(plan.data_root), "run_spec": run_spec(plan, "-", row_name)}
 
 
 def missing_datasets(plan: Plan, row_name: str, result: Mapping[str, Any]) -> list[str]:
