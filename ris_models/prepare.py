@@ -73,9 +73,9 @@ def auto_pseudo_root(cfg: Mapping[str, Any], data_root: Path, generate_cfg: Mapp
 
     cache_dir = Path(str(cfg.get("cache_dir", "~/.cache/pseudo_ris"))).expanduser()
     options = _plain(cfg.get("pseudo_labels"))
+    gen_cfg = _plain(generate_cfg)
     # the pseudo-label generator's models: SAM, CoCa and, when it scores DoC, the CLIP stand-in
-    kinds = ("sam", "coca", "clip") if uses_clip_standin(_plain(generate_cfg)) else ("sam", "coca")
+    kinds = ("sam", "coca", "clip") if uses_clip_standin(gen_cfg) else ("sam", "coca")
     foundation = ensure_foundation_models(cache_dir / "foundation", retrain=bool(options.get("retrain_foundation")),
                                           kinds=kinds)
-    return ensure_pseudo_labels(_plain(generate_cfg), data_root=data_root, cache_dir=cache_dir,
-                                foundation=foundation)
+    return ensure_pseudo_labels(gen_cfg, data_root=data_root, cache_dir=cache_dir, foundation=foundation)

@@ -14,6 +14,13 @@ from PIL import Image
 torch.set_num_threads(1)
 
 
+def main_job_generate_overrides() -> list[str]:
+    """The overrides of conf/generate.yaml that ``tools/train.py data=pseudo`` generates its labels with."""
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml").pseudo_labels.generate)
+
+
 def _write_handmade_refer(root: Path) -> Path:
     """A tiny RefCOCO-like dataset written by hand in the raw REFER layout (not through our writer).
 

@@ -19,6 +19,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from conftest import main_job_generate_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 README = ROOT / "README.md"
@@ -184,10 +186,7 @@ def test_readme_commands_run_at_tiny_sizes(tmp_path):
 def test_readme_generate_command_with_the_main_jobs_settings_matches_the_main_job():
     """The README's "the main job's settings" command must make the labels ``tools/train.py data=pseudo`` makes: the
     same overrides as conf/train.yaml ``pseudo_labels.generate`` (its HTML report aside), on the shipped tiny SAM."""
-    from omegaconf import OmegaConf
-
-    main_job = {o.split("#")[0].strip() for o in OmegaConf.load(ROOT / "conf" / "train.yaml").pseudo_labels.generate}
-    main_job -= {"report.enabled=true"}
+    main_job = set(main_job_generate_overrides()) - {"report.enabled=true"}
     candidates = [c for c in readme_commands() if c.startswith("python tools/generate.py generator/captioner=")]
     assert len(candidates) == 1, candidates
     _, args = _split(candidates[0])

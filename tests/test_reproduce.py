@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import main_job_generate_overrides
 from ris_models.reproduction import ROWS, Plan, RunRecord, mean_std, planned_runs, results_table
 
 
@@ -352,17 +353,10 @@ def test_the_clip_stores_differ_from_theirs_only_by_the_scorer(tmp_path):
         assert a["generator"]["captioner"] == b["generator"]["captioner"]
 
 
-def _main_job_overrides() -> list[str]:
-    from omegaconf import OmegaConf
-
-    train = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml")
-    return [o.split("#")[0].strip() for o in train.pseudo_labels.generate]
-
-
 def test_the_main_job_row_uses_the_main_jobs_filter_and_scorer():
     from ris_models.reproduction.plan import MAIN_JOB_POLICY, STORES
 
-    main_job = _main_job_overrides()
+    main_job = main_job_generate_overrides()
     filters = dict(o.split("=", 1) for o in main_job if o.startswith("filter."))
     assert {f"filter.{k}": str(v).lower() for k, v in MAIN_JOB_POLICY} == \
         {k: str(float(v) if k == "filter.threshold" else v).lower() for k, v in filters.items()}
@@ -379,7 +373,7 @@ def test_reproduction_generates_with_the_main_jobs_settings():
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     reproduction = list(OmegaConf.load(conf / "reproduce.yaml").generate_overrides)
-    shared = [o for o in _main_job_overrides()
+    shared = [o for o in main_job_generate_overrides()
               if not o.startswith(("filter.", "max_images=", "report.", "generator/scorer="))]
     assert shared and all(o in reproduction for o in shared), set(shared) - set(reproduction)
 

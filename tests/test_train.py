@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from conftest import main_job_generate_overrides
 from ris_models.datamodule import DataConfigError
 from ris_models.evaluation import evaluate_checkpoint
 from ris_models.lit_module import CheckpointError, load_checkpoint, poly_lambda
@@ -260,7 +261,7 @@ def test_the_main_jobs_clip_scorer_is_one_of_its_foundation_models(tmp_path, mon
         (retrain, kinds)) or {k: tmp_path / f"{k}.pt" for k in kinds})
     monkeypatch.setattr(pl, "ensure_pseudo_labels", lambda gen, *, data_root, cache_dir, foundation: used.append(
         pl.resolve_generation_config(gen, data_root=data_root, foundation=foundation)) or tmp_path)
-    main_job = list(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train.yaml").pseudo_labels.generate)
+    main_job = main_job_generate_overrides()
     cfg = {"cache_dir": str(tmp_path), "pseudo_labels": {"retrain_foundation": True}}
     auto_pseudo_root(cfg, tmp_path, compose("generate", main_job))
     assert asked[-1] == (True, ("sam", "coca", "clip"))

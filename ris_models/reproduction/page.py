@@ -26,16 +26,16 @@ def quality_section(plan: Plan) -> str:
         if not (store / "reproduce_done.json").is_file():
             continue
         path = store / "quality.json"
-        if path.is_file() and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime:
-            report = json.loads(path.read_text())
-            written = report.pop("dataset", None)
-        else:
+        fresh = not (path.is_file() and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime)
+        if fresh:
             report = store_quality(store, truth)
             # the generator's own output (all stored candidates, DoC-filtered): same labels as "full" unless the
             # store also holds plain samples
             written = dataset_quality(store, "pseudo", truth) if (store / "pseudo").is_dir() else None
-            write_quality(report, store, dataset=written, title=f"masks={masks}")
-        if _add_row_filters(plan, masks, store, report, truth):
+        else:
+            report = json.loads(path.read_text())
+            written = report.pop("dataset", None)
+        if _add_row_filters(plan, masks, store, report, truth) or fresh:
             write_quality(report, store, dataset=written, title=f"masks={masks}")
         parts.append(format_quality(report, written, title=f"Pseudo labels of the store {masks} ({store})"))
     return "\n\n".join(parts) if parts else "_no candidate store yet_"
@@ -51,7 +51,7 @@ def _add_row_filters(plan: Plan, store_name: str, store: Path, report: dict, tru
         row = ROWS[name]
         if row.store != store_name or not row.policy:
             continue
-        key, policy = f"row:{name}", {k: v for k, v in row.policy}
+        key, policy = f"row:{name}", dict(row.policy)
         if report["variants"].get(key, {}).get("row_policy") == policy:
             continue
         line = store_quality(store, truth, variants=[row.variant], policy=policy)["variants"][row.variant]
