@@ -105,22 +105,18 @@ def build_zero_shot(gen_cfg: Mapping[str, Any], dataset: Any = None, views: Sequ
                     ) -> ZeroShotRIS:
     """A zero-shot model from a generation config (``conf/generate.yaml`` as a dict): its captioner's contrastive
     head (or its open_clip scorer) and its mask source (``masks=gt`` needs ``dataset``, the evaluated one)."""
-    from pseudo_ris.filtering.scorer import ClipScorer
     from pseudo_ris.generation import runner
     from pseudo_ris.masks.source import SelectionConfig, build_mask_source
 
     device = gen_cfg.get("device", "cpu")
     allow_download = bool(gen_cfg.get("allow_download", False))
     gen = gen_cfg["generator"]
-    bundle = None
-    if gen["scorer"]["kind"] == "captioner":
-        bundle = runner.build_captioner_bundle(gen["captioner"], device, allow_download)
-        scorer = ClipScorer.from_coca_bundle(bundle, device=device)
-    elif gen["scorer"]["kind"] == "open_clip":
-        scorer = ClipScorer.from_open_clip(gen["scorer"]["name"], gen["scorer"].get("pretrained"), device=device,
-                                           allow_download=allow_download)
-    else:
+    if gen["scorer"]["kind"] not in ("captioner", "open_clip"):
         raise ZeroShotConfigError(f"unknown scorer kind {gen['scorer']['kind']!r}")
+    # the generator's own scorer builder, so `pretrained: shipped` and local files resolve the same way
+    bundle = (runner.build_captioner_bundle(gen["captioner"], device, allow_download)
+              if gen["scorer"]["kind"] == "captioner" else None)
+    scorer = runner.build_scorer(gen["scorer"], bundle, device, allow_download)
     sam_cfg = dict(gen_cfg.get("sam") or {})
     name, ckpt = sam_cfg.pop("name", "tiny"), runner.resolve_weights(sam_cfg.pop("checkpoint", None), "sam")
     seed = sam_cfg.pop("seed", None)

@@ -142,3 +142,17 @@ def test_tiny_cris_starts_from_the_shipped_standin_unless_told_otherwise():
              "text_cfg": {"context_length": 17, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
     with pytest.raises(ModelConfigError, match="fits the cris_tiny architecture only"):
         build_model("cris_tiny", clip_overrides=wider, fpn_in=(256, 512, 128))
+
+
+def test_zero_shot_ranker_loads_the_shipped_standin_when_it_is_the_scorer():
+    """``generator/scorer=clip_synthref`` names the shipped file as ``pretrained: shipped``: the zero-shot row must
+    rank with those weights, the same ones the generator's DoC filter loads."""
+    from pseudo_ris.foundation.registry import shipped_paths
+    from ris_models.reproduction.plan import compose
+    from ris_models.zero_shot import build_zero_shot
+
+    gen_cfg = compose("generate", ["generator/scorer=clip_synthref", "masks=sam", "sam.checkpoint=shipped"])
+    model = build_zero_shot(gen_cfg).scorer.model
+    shipped = torch.load(shipped_paths()["clip"], map_location="cpu", weights_only=True)
+    assert torch.equal(model.visual.conv1.weight, shipped["visual.conv1.weight"].float())
+    assert torch.equal(model.token_embedding.weight, shipped["token_embedding.weight"].float())

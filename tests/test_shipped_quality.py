@@ -278,12 +278,12 @@ def measure_clip(n_scenes: int) -> dict:
 
     import open_clip
 
-    from pseudo_ris.captioning.coca import _register_project_configs
+    from pseudo_ris.captioning.coca import register_project_configs
     from pseudo_ris.foundation.data import scene_at
     from pseudo_ris.foundation.registry import shipped_paths
     from pseudo_ris.synthref.vocab import COLOURS, SHAPES
 
-    _register_project_configs()  # the clip_synthref architecture file (configs only)
+    register_project_configs()  # the clip_synthref architecture file (configs only)
     model = open_clip.create_model("clip_synthref", pretrained=str(shipped_paths()["clip"])).eval()
     tok = open_clip.get_tokenizer("clip_synthref")
     pairs = list(itertools.product(COLOURS, SHAPES))

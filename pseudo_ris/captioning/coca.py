@@ -50,14 +50,15 @@ class CocaLoadError(PseudoRISError):
     """A CoCa name, tag or checkpoint cannot be resolved or does not match its config."""
 
 
-def _register_project_configs() -> None:
+def register_project_configs() -> None:
+    """Make the project's open_clip model configs (the SynthRef CoCa and CLIP stand-ins) known to open_clip."""
     from open_clip.factory import _MODEL_CONFIG_PATHS  # read-only check to stay idempotent
 
     if CONFIG_DIR not in [Path(p).resolve() for p in _MODEL_CONFIG_PATHS]:
         open_clip.add_model_config(CONFIG_DIR)
 
 
-_register_project_configs()
+register_project_configs()
 
 
 def _merge(base: dict, overrides: dict) -> dict:

@@ -78,8 +78,10 @@ class ClipScorer:
         Without ``pretrained`` the model is randomly initialised (CoCa's decoder included)."""
         import open_clip
 
+        from pseudo_ris.captioning.coca import register_project_configs
         from pseudo_ris.weights import check_open_clip_name, init_untrained_open_clip, resolve_open_clip_tag
 
+        register_project_configs()  # names such as clip_synthref resolve without a CoCa loaded first
         check_open_clip_name(name, allow_download=allow_download)
         tag_cfg: dict = {}
         if pretrained:

@@ -37,9 +37,9 @@ def build_clip(arch: str = ARCH) -> torch.nn.Module:
     """The random-init stand-in (open_clip; the project configs are registered on import of the CoCa loader)."""
     import open_clip
 
-    from ..captioning.coca import _register_project_configs
+    from ..captioning.coca import register_project_configs
 
-    _register_project_configs()
+    register_project_configs()
     return open_clip.create_model(arch, pretrained=None)
 
 

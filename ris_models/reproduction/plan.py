@@ -82,6 +82,8 @@ COCA_VOTE_POLICY: tuple[tuple[str, Any], ...] = (("head_consensus", True), ("thr
 ROWS: dict[str, Row] = {
     "zero_shot": Row("zero-shot: SAM masks ranked by the CLIP scorer", "zero_shot", store="sam"),
     "zero_shot_gt": Row("zero-shot: GT masks ranked by the CLIP scorer", "zero_shot", store="gt"),
+    # the paper's zero-shot baselines rank mask proposals with CLIP, not with the captioner: the CLIP stand-in here
+    "zero_shot_clip": Row("zero-shot: SAM masks ranked by the CLIP stand-in", "zero_shot", store="sam_clip"),
     "beam": Row("pseudo: beam search only", "pseudo", "sam", "beam"),
     "distinctive": Row("pseudo: + distinctive sampling (no filter)", "pseudo", "sam", "beam_distinctive"),
     "full": Row("pseudo: + DoC filtering (full method)", "pseudo", "sam", "full"),
