@@ -121,6 +121,26 @@ def test_referential_accuracy_per_variant(store_dir, truth):
     assert "full method" in table and "100.0" in table
 
 
+def test_quality_by_shape_family(store_dir, truth):
+    """A, B and image 7's object are circles (curved), C a square (angular): 3 curved and 1 angular GT object."""
+    v = store_quality(store_dir, truth, policy={"fallback": "drop"})["variants"]
+    fam = v["beam_distinctive"]["by_family"]
+    # m0 (A) and m1 (B) carry 4 texts, 2 referential; both objects get a referential one, image 7's gets none
+    assert fam["curved"] == {"masks": 2, "expressions": 4, "referential": pytest.approx(0.5), "gt_objects": 3,
+                             "objects_referred": pytest.approx(2 / 3)}
+    assert fam["angular"] == {"masks": 1, "expressions": 2, "referential": pytest.approx(1.0), "gt_objects": 1,
+                              "objects_referred": pytest.approx(1.0)}
+    # beam only: "a circle" never singles out A or B; "a square" does single out C; m3 matches no object
+    assert v["beam"]["by_family"]["curved"]["referential"] == 0.0
+    assert v["beam"]["by_family"]["curved"]["objects_referred"] == 0.0
+    assert v["beam"]["by_family"]["angular"]["objects_referred"] == pytest.approx(1.0)
+    # a stricter match threshold unmatches m2 (IoU 0.5): the square is no longer referred to
+    strict = store_quality(store_dir, truth, variants=["beam_distinctive"], match_iou=0.6)["variants"]
+    assert strict["beam_distinctive"]["by_family"]["angular"]["objects_referred"] == 0.0
+    table = format_quality(store_quality(store_dir, truth, policy={"fallback": "drop"}))
+    assert "| 50.0 / 100.0 | 66.7 / 100.0 |" in table  # beam + distinctive, curved / angular
+
+
 def test_recorded_policy_and_match_threshold(store_dir, truth):
     # the generator's summary.json policy is used: fallback random keeps one candidate of m3 (never referential)
     (store_dir / "summary.json").write_text(json.dumps({"policy": {"fallback": "random", "score_transform": "logit"}}))

@@ -480,3 +480,35 @@ def test_the_quality_section_adds_the_labels_of_each_filtered_row(tmp_path, monk
     report_sam = {"variants": {}}
     assert page._add_row_filters(plan, "sam", tmp_path / "sam", report_sam, truth=None)
     assert list(report_sam["variants"]) == ["row:full_vote_coca"] and calls[-1][2]["threshold"] == 10.0
+
+
+def test_the_quality_section_recomputes_a_cached_report_of_an_older_layout(tmp_path, monkeypatch):
+    """A store's cached quality.json is reused only when it has the current layout (it gained per-family numbers);
+    an older one is recomputed instead of shown without them."""
+    import json
+    import time
+
+    import pseudo_ris.evaluation.quality as quality
+    import ris_models.reproduction.page as page
+
+    plan = _plan(tmp_path, rows=["full"])
+    store = plan.out_dir / "generate" / "sam"
+    store.mkdir(parents=True)
+    (store / "reproduce_done.json").write_text("{}")
+    time.sleep(0.01)
+    (store / "quality.json").write_text(json.dumps({"variants": {}, "masks": {}}))  # no version: older layout
+    calls = []
+
+    def fake_quality(store_dir, truth, variants=None, policy=None):
+        calls.append(Path(store_dir).name)
+        return {"version": quality.REPORT_VERSION, "variants": {}, "masks": {}}
+
+    monkeypatch.setattr(quality, "store_quality", fake_quality)
+    monkeypatch.setattr(quality.GroundTruth, "from_root", classmethod(lambda cls, root: None))
+    monkeypatch.setattr(quality, "format_quality", lambda report, written, title=None: "table")
+    monkeypatch.setattr(quality, "write_quality", lambda report, out, dataset=None, title=None: out.joinpath(
+        "quality.json").write_text(json.dumps(report)))
+    page.quality_section(plan)
+    assert calls == ["sam"]
+    page.quality_section(plan)  # now cached in the current layout
+    assert calls == ["sam"]

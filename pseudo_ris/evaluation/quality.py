@@ -11,6 +11,9 @@ pool image comes with its true objects and their attributes, so the labels thems
   mask matches best. **A mask whose best IoU is below** ``match_iou`` **(0.5 by default) matches no object, so all
   its expressions count as non-referential**: a perfect sentence about a wrong or broken mask is a wrong label.
   ``referential_matched`` gives the same share over expressions of matched masks only (caption quality alone).
+* **by shape family** (curved / angular, the families that decide SynthRef's testA / testB): the referential share
+  of the expressions of masks matching an object of that family, and the share of the family's GT objects that
+  carry at least one referential expression (how much of testA's or testB's kind of target the labels teach).
 
 Expressions are counted as the writer stores them: the *distinct* texts of each mask (the four views often yield
 the same beam caption). ``referential`` is the share over all (mask, text) pairs; ``referential_per_mask`` averages
@@ -40,6 +43,8 @@ from pseudo_ris.data.masks import decode_segmentation, mask_iou_matrix, rle_to_m
 
 MATCH_IOU = 0.5
 IOU_LEVELS = (0.5, 0.75)
+#: bumped when a report gains fields, so cached reports of an older layout are recomputed
+REPORT_VERSION = 2
 
 #: decoding-setting groups of a candidate row
 GROUPS = ("beam", "plain", "distinctive")
@@ -167,6 +172,28 @@ class LabelledMask:
     match: MaskMatch
     texts: list[str] = field(default_factory=list)
     referential: list[bool] = field(default_factory=list)
+    family: str | None = None  # shape family of the matched GT object (None: matches no object)
+
+
+def matched_family(match: MaskMatch, truth: SceneTruth, match_iou: float = MATCH_IOU) -> str | None:
+    """Shape family of the GT object a mask matches at IoU >= ``match_iou`` (None when it matches none)."""
+    from pseudo_ris.synthref.vocab import shape_family
+
+    if match.gt_index is None or match.iou < match_iou:
+        return None
+    return shape_family(truth.objects[match.gt_index]["shape"])
+
+
+def gt_objects_by_family(scenes: Iterable[SceneTruth]) -> dict[str, int]:
+    """GT objects per shape family over ``scenes`` (the denominators of the per-family coverage)."""
+    from pseudo_ris.synthref.vocab import shape_family
+
+    counts: dict[str, int] = {}
+    for scene in scenes:
+        for obj in scene.objects:
+            fam = shape_family(obj["shape"])
+            counts[fam] = counts.get(fam, 0) + 1
+    return counts
 
 
 def _share(values: Sequence[bool | float]) -> float | None:
@@ -186,7 +213,24 @@ def summarize_masks(matches: Sequence[MaskMatch], n_gt: int, covered: Mapping[fl
     return out
 
 
-def summarize_labels(masks: Sequence[LabelledMask], match_iou: float = MATCH_IOU) -> dict[str, Any]:
+def summarize_by_family(labelled: Sequence[LabelledMask], gt_by_family: Mapping[str, int] | None
+                        ) -> dict[str, dict[str, Any]]:
+    """Per shape family of the matched objects: masks, expressions, referential share and (with ``gt_by_family``)
+    the share of the family's GT objects that carry a referential expression."""
+    out: dict[str, dict[str, Any]] = {}
+    for fam in sorted({m.family for m in labelled if m.family is not None}
+                      | set(gt_by_family or {})):
+        own = [m for m in labelled if m.family == fam]
+        flags = [f for m in own for f in m.referential]
+        referred = {(m.image_id, m.match.gt_index) for m in own if any(m.referential)}
+        n_gt = (gt_by_family or {}).get(fam)
+        out[fam] = {"masks": len(own), "expressions": len(flags), "referential": _share(flags),
+                    "gt_objects": n_gt, "objects_referred": len(referred) / n_gt if n_gt else None}
+    return out
+
+
+def summarize_labels(masks: Sequence[LabelledMask], match_iou: float = MATCH_IOU,
+                     gt_by_family: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Referential accuracy and the mask quality of the masks that carry at least one expression."""
     labelled = [m for m in masks if m.texts]
     flags = [f for m in labelled for f in m.referential]
@@ -202,6 +246,7 @@ def summarize_labels(masks: Sequence[LabelledMask], match_iou: float = MATCH_IOU
     }
     for t in IOU_LEVELS:
         out[f"iou>={t}"] = _share([m.match.iou >= t for m in labelled])
+    out["by_family"] = summarize_by_family(labelled, gt_by_family)
     return out
 
 
@@ -278,8 +323,9 @@ def store_quality(store_dir: str | Path, truth: GroundTruth, *, variants: Iterab
         n_gt += len(scene.objects)
         for t in IOU_LEVELS:
             covered[t] += int((ious >= t).any(0).sum()) if ious.size else 0
+    gt_by_family = gt_objects_by_family(truths.values())
     report: dict[str, Any] = {
-        "store": str(store_dir), "match_iou": match_iou, "policy": _asdict(pol),
+        "version": REPORT_VERSION, "store": str(store_dir), "match_iou": match_iou, "policy": _asdict(pol),
         "groups_present": sorted(present),
         "masks": summarize_masks(all_matches, n_gt, covered, len(ok_images)), "variants": {}}
 
@@ -295,7 +341,10 @@ def store_quality(store_dir: str | Path, truth: GroundTruth, *, variants: Iterab
             if key not in matches:
                 raise QualityError(f"candidate of image {r['key']} mask {r['mask_index']} has no mask in the "
                                    f"store's image rows ({store_dir})")
-            lm = by_mask.setdefault(key, LabelledMask(int(r["image_id"]), matches[key]))
+            if key not in by_mask:
+                by_mask[key] = LabelledMask(int(r["image_id"]), matches[key],
+                                            family=matched_family(matches[key], truths[r["key"]], match_iou))
+            lm = by_mask[key]
             text = r["text"]
             flag_key = (r["key"], key[1], text)
             if flag_key not in cache:
@@ -305,7 +354,8 @@ def store_quality(store_dir: str | Path, truth: GroundTruth, *, variants: Iterab
                 continue
             lm.texts.append(text)
             lm.referential.append(cache[flag_key])
-        report["variants"][var.name] = {"label": var.label, **summarize_labels(list(by_mask.values()), match_iou),
+        report["variants"][var.name] = {"label": var.label,
+                                        **summarize_labels(list(by_mask.values()), match_iou, gt_by_family),
                                         "candidates": len(raw), "referential_raw": _share(raw)}
     return report
 
@@ -345,7 +395,7 @@ def dataset_quality(pseudo_root: str | Path, name: str, truth: GroundTruth, *, m
     masks: list[LabelledMask] = []
     for ref in ds.refs:
         match, truth_scene = match_ref(ds, ref, truth)
-        lm = LabelledMask(int(ref["image_id"]), match)
+        lm = LabelledMask(int(ref["image_id"]), match, family=matched_family(match, truth_scene, match_iou))
         for sent in ref["sentences"]:
             text = sent.get("sent") or sent.get("raw", "")
             if text in lm.texts:
@@ -353,7 +403,9 @@ def dataset_quality(pseudo_root: str | Path, name: str, truth: GroundTruth, *, m
             lm.texts.append(text)
             lm.referential.append(is_referential_label(text, match, truth_scene, match_iou))
         masks.append(lm)
-    out = summarize_labels(masks, match_iou)
+    # coverage over the images the dataset labels (the generator may have labelled fewer than the store holds)
+    scenes = [truth_for(truth, i) for i in sorted({int(r["image_id"]) for r in ds.refs})]
+    out = summarize_labels(masks, match_iou, gt_objects_by_family(scenes))
     out.update({"dataset": str(ds.dataset_dir), "refs": len(ds.refs),
                 "images": len({int(r["image_id"]) for r in ds.refs})})
     return out
@@ -374,7 +426,17 @@ LABEL_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("referential", "referential %", _pct), ("referential_per_mask", "ref. per mask %", _pct),
     ("referential_matched", "ref. if matched %", _pct), ("masks_with_referential", "masks with a ref. expr. %", _pct),
     ("mean_iou", "mean IoU", _num), ("iou>=0.5", "IoU>=0.5 %", _pct), ("iou>=0.75", "IoU>=0.75 %", _pct),
+    ("by_family", "referential % curved / angular", lambda v: _by_family(v, "referential")),
+    ("by_family", "GT objects with a ref. expr. % curved / angular", lambda v: _by_family(v, "objects_referred")),
 )
+
+
+def _by_family(by_family: Mapping[str, Any] | None, key: str) -> str:
+    from pseudo_ris.synthref.vocab import SHAPE_FAMILIES
+
+    if not by_family:
+        return "-"
+    return " / ".join(_pct((by_family.get(fam) or {}).get(key)) for fam in SHAPE_FAMILIES)
 
 
 def format_quality(report: Mapping[str, Any], dataset: Mapping[str, Any] | None = None,
@@ -398,7 +460,9 @@ def format_quality(report: Mapping[str, Any], dataset: Mapping[str, Any] | None 
                   "counts each); expressions = distinct texts per mask, as the pseudo dataset stores them and the "
                   f"trainer samples them. Referential = the grounding oracle picks exactly the GT "
                   f"object the mask matches best; masks matching no GT object at IoU >= {report['match_iou']} count "
-                  "as non-referential. \"ref. if matched\" ignores those masks (caption quality alone). "
+                  "as non-referential. \"ref. if matched\" ignores those masks (caption quality alone). By family: "
+                  "expressions of masks matching a curved / angular object (testA's / testB's targets), and the share "
+                  "of that family's GT objects with at least one referential expression. "
                   f"Filter policy: {report['policy']}."]
     return "\n".join(lines)
 

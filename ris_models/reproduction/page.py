@@ -16,8 +16,8 @@ from ris_models.reproduction.statistics import claims_section, results_table
 
 
 def quality_section(plan: Plan) -> str:
-    from pseudo_ris.evaluation.quality import (GroundTruth, dataset_quality, format_quality, store_quality,
-                                               write_quality)
+    from pseudo_ris.evaluation.quality import (REPORT_VERSION, GroundTruth, dataset_quality, format_quality,
+                                               store_quality, write_quality)
 
     parts = []
     truth = GroundTruth.from_root(plan.data_root)
@@ -26,14 +26,16 @@ def quality_section(plan: Plan) -> str:
         if not (store / "reproduce_done.json").is_file():
             continue
         path = store / "quality.json"
-        fresh = not (path.is_file() and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime)
+        cached = (json.loads(path.read_text()) if path.is_file()
+                  and path.stat().st_mtime >= (store / "reproduce_done.json").stat().st_mtime else None)
+        fresh = cached is None or cached.get("version") != REPORT_VERSION  # older layouts lack newer fields
         if fresh:
             report = store_quality(store, truth)
             # the generator's own output (all stored candidates, DoC-filtered): same labels as "full" unless the
             # store also holds plain samples
             written = dataset_quality(store, "pseudo", truth) if (store / "pseudo").is_dir() else None
         else:
-            report = json.loads(path.read_text())
+            report = cached
             written = report.pop("dataset", None)
         if _add_row_filters(plan, masks, store, report, truth) or fresh:
             write_quality(report, store, dataset=written, title=f"masks={masks}")
