@@ -512,3 +512,19 @@ def test_the_quality_section_recomputes_a_cached_report_of_an_older_layout(tmp_p
     assert calls == ["sam"]
     page.quality_section(plan)  # now cached in the current layout
     assert calls == ["sam"]
+
+
+def test_the_full_profile_trains_at_256_px_and_the_quick_one_at_the_models_default(tmp_path):
+    """The full profile's input size reaches every training as an override (so it is part of each run's spec); a
+    size the models cannot take is refused before any work starts."""
+    from ris_models.reproduction.plan import ReproduceConfigError, compose, run_spec
+
+    full = Plan.from_cfg(compose("reproduce", ["profile=full"]), tmp_path)
+    quick = Plan.from_cfg(compose("reproduce", []), tmp_path)
+    assert "model.input_size=256" in full.train_overrides
+    assert not any(o.startswith("model.input_size") for o in quick.train_overrides)
+    assert run_spec(full, "cris_tiny", "human_100")["train_overrides"] != run_spec(
+        _plan(tmp_path, train_overrides=[o for o in full.train_overrides if "input_size" not in o]), "cris_tiny",
+        "human_100")["train_overrides"]
+    with pytest.raises(ReproduceConfigError, match="multiple of 32"):
+        Plan.from_cfg(compose("reproduce", ["+override.input_size=200"]), tmp_path)

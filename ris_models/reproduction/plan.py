@@ -195,11 +195,22 @@ class Plan:
                    val_every=int(p["val_every"]), limit_eval=p.get("limit_eval"),
                    gen_max_images=p.get("gen_max_images"), plain_sampling=bool(p.get("plain_sampling", False)),
                    out_dir=Path(str(cfg["out_dir"])).expanduser() / name, results_md=Path(str(cfg["results_md"])),
-                   data_root=data_root, train_overrides=list(cfg.get("train_overrides") or []),
+                   data_root=data_root,
+                   train_overrides=[*(cfg.get("train_overrides") or []), *_input_size_overrides(p.get("input_size"))],
                    generate_overrides=list(cfg.get("generate_overrides") or []), cache_dir=str(cfg["cache_dir"]),
                    gallery_images=int(cfg.get("gallery_images", 8)),
                    notes_md=Path(str(cfg["notes_md"])) if cfg.get("notes_md") else None,
                    trainer=str(cfg.get("trainer") or "cpu"), device=str(cfg.get("device") or "cpu"))
+
+
+def _input_size_overrides(value: Any) -> list[str]:
+    """A profile's ``input_size`` as a training override (null: each model's default, 128 px for the tiny ones)."""
+    if value is None:
+        return []
+    if int(value) < 32 or int(value) % 32:
+        raise ReproduceConfigError(f"input_size must be a positive multiple of 32 (the models' output stride), "
+                                   f"got {value}")
+    return [f"model.input_size={int(value)}"]
 
 
 def _steps(value: Any, models: Sequence[str]) -> int | dict[str, int]:
