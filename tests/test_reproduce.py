@@ -528,3 +528,5 @@ def test_the_full_profile_trains_at_256_px_and_the_quick_one_at_the_models_defau
         "human_100")["train_overrides"]
     with pytest.raises(ReproduceConfigError, match="multiple of 32"):
         Plan.from_cfg(compose("reproduce", ["+override.input_size=200"]), tmp_path)
+    with pytest.raises(ReproduceConfigError, match="multiple of 32"):
+        Plan.from_cfg(compose("reproduce", ["+override.input_size=big"]), tmp_path)

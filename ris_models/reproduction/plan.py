@@ -207,10 +207,10 @@ def _input_size_overrides(value: Any) -> list[str]:
     """A profile's ``input_size`` as a training override (null: each model's default, 128 px for the tiny ones)."""
     if value is None:
         return []
-    if int(value) < 32 or int(value) % 32:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 32 or value % 32:
         raise ReproduceConfigError(f"input_size must be a positive multiple of 32 (the models' output stride), "
                                    f"got {value}")
-    return [f"model.input_size={int(value)}"]
+    return [f"model.input_size={value}"]
 
 
 def _steps(value: Any, models: Sequence[str]) -> int | dict[str, int]:
