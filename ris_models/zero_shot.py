@@ -111,9 +111,8 @@ def build_zero_shot(gen_cfg: Mapping[str, Any], dataset: Any = None, views: Sequ
     device = gen_cfg.get("device", "cpu")
     allow_download = bool(gen_cfg.get("allow_download", False))
     gen = gen_cfg["generator"]
-    if gen["scorer"]["kind"] not in ("captioner", "open_clip"):
-        raise ZeroShotConfigError(f"unknown scorer kind {gen['scorer']['kind']!r}")
-    # the generator's own scorer builder, so `pretrained: shipped` and local files resolve the same way
+    # the generator's own scorer builder (and its check of the scorer kind), so `pretrained: shipped` and local files
+    # resolve the same way
     bundle = (runner.build_captioner_bundle(gen["captioner"], device, allow_download)
               if gen["scorer"]["kind"] == "captioner" else None)
     scorer = runner.build_scorer(gen["scorer"], bundle, device, allow_download)
