@@ -463,7 +463,7 @@ def test_the_quality_section_adds_the_labels_of_each_filtered_row(tmp_path, monk
     computed with that policy and cached with the store's report."""
     import ris_models.reproduction.page as page
 
-    plan = _plan(tmp_path, rows=["full", "full_vote", "full_vote_coca"])
+    plan = _plan(tmp_path, rows=["full", "full_vote", "full_vote_coca", "full_vote_oracle"])
     calls = []
 
     def fake_quality(store, truth, variants=None, policy=None):
@@ -480,6 +480,50 @@ def test_the_quality_section_adds_the_labels_of_each_filtered_row(tmp_path, monk
     report_sam = {"variants": {}}
     assert page._add_row_filters(plan, "sam", tmp_path / "sam", report_sam, truth=None)
     assert list(report_sam["variants"]) == ["row:full_vote_coca"] and calls[-1][2]["threshold"] == 10.0
+
+
+def test_the_oracle_text_row_rewrites_the_main_jobs_labels(tmp_path, monkeypatch):
+    """``full_vote_oracle`` trains on the main job's variant (same store and filter) with its sentences replaced by
+    the grammar's: written once from that variant's dataset, into a directory of its own, against the plan's
+    SynthRef pool."""
+    import ris_models.reproduction.stages as stages
+    from pseudo_ris.evaluation.oracle_text import OracleTextSummary
+
+    monkeypatch.setattr(stages, "ensure_store", lambda plan, masks: tmp_path / "store" / masks)
+    variants, oracles = [], []
+    monkeypatch.setattr("pseudo_ris.evaluation.variants.write_variant_dataset",
+                        lambda store, variant, root, policy=None: variants.append((store, variant, policy, root)) or {})
+    monkeypatch.setattr("pseudo_ris.evaluation.quality.GroundTruth.from_root",
+                        classmethod(lambda cls, root: ("truth of", root)))
+
+    def fake_oracle(source, name, truth, out_root, out_name):
+        oracles.append((source, name, truth, out_root, out_name))
+        return OracleTextSummary(str(source), 5, 3, 2, 0, 9, "refcoco", 0, 0.5)
+
+    monkeypatch.setattr("pseudo_ris.evaluation.oracle_text.write_oracle_text_dataset", fake_oracle)
+    plan = _plan(tmp_path, data_root=tmp_path / "synthref_build")
+    oracle = stages.ensure_variant(plan, ROWS["full_vote_oracle"])
+    captions = stages.ensure_variant(plan, ROWS["full_vote"])
+    assert oracle != captions and oracle.parent == captions.parent
+    assert variants == [(tmp_path / "store" / "sam_clip", "full",
+                         {"head_consensus": True, "threshold": 1000.0, "fallback": "drop"}, captions)]
+    assert oracles == [(captions, "pseudo", ("truth of", tmp_path / "synthref_build"), oracle, "pseudo")]
+    assert json.loads((oracle / "variant.json").read_text())["refs_out"] == 3
+    stages.ensure_variant(plan, ROWS["full_vote_oracle"])
+    assert len(oracles) == 1  # cached
+
+
+def test_oracle_text_enters_the_spec_of_its_row_only():
+    """The oracle row differs from the main job's row by its text alone; every other row's spec (and so its cached
+    results) is unchanged by the option. Oracle text only rewrites pseudo-label variants."""
+    from ris_models.reproduction.plan import Row
+
+    assert ROWS["full_vote_oracle"].spec() == {**ROWS["full_vote"].spec(), "text": "oracle"}
+    assert [n for n, r in ROWS.items() if "text" in r.spec()] == ["full_vote_oracle"]
+    with pytest.raises(ValueError, match="kind='pseudo'"):
+        Row("x", "human", text="oracle")
+    with pytest.raises(ValueError, match="text must be one of"):
+        Row("x", "pseudo", "sam", "full", text="gt")
 
 
 def test_the_quality_section_recomputes_a_cached_report_of_an_older_layout(tmp_path, monkeypatch):

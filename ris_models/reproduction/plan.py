@@ -36,6 +36,10 @@ def results_page_path(cfg: Mapping[str, Any]) -> Path:
     return Path(out_dir).expanduser() / "results.md"
 
 
+#: where a pseudo row's sentences come from (``Row.text``)
+TEXT_SOURCES = ("captions", "oracle")
+
+
 @dataclass(frozen=True)
 class Row:
     label: str
@@ -52,6 +56,16 @@ class Row:
     models: tuple[str, ...] | None = None
     #: human / mixed rows: train on every dataset of the plan (False: the first only, an ablation on synthref)
     every_dataset: bool = True
+    #: pseudo rows: ``captions`` (the generator's sentences) or ``oracle`` (the same masks, each with SynthRef's own
+    #: expressions of the object it matches: what a perfect captioner and filter would give; see
+    #: pseudo_ris.evaluation.oracle_text)
+    text: str = "captions"
+
+    def __post_init__(self) -> None:
+        if self.text not in TEXT_SOURCES:
+            raise ValueError(f"text must be one of {TEXT_SOURCES}, got {self.text!r}")
+        if self.text == "oracle" and (self.kind != "pseudo" or not self.variant):
+            raise ValueError("oracle text rewrites a pseudo-label variant: it needs kind='pseudo' and a variant")
 
     def runs_for(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -59,8 +73,11 @@ class Row:
     def spec(self) -> dict[str, Any]:
         """What decides a run's numbers (not its label): recorded in every result, so a cached result of a row whose
         definition changed since is refused instead of shown under the new definition."""
-        return {"kind": self.kind, "store": list(STORES[self.store]) if self.store else None, "variant": self.variant,
+        spec = {"kind": self.kind, "store": list(STORES[self.store]) if self.store else None, "variant": self.variant,
                 "ratio": self.ratio, "policy": [list(p) for p in self.policy], "train_extra": list(self.train_extra)}
+        if self.text != "captions":  # only then: the specs (and cached results) of every other row stay as they were
+            spec["text"] = self.text
+        return spec
 
 
 #: candidate stores a row can draw from: name -> overrides of conf/generate.yaml
@@ -94,6 +111,9 @@ ROWS: dict[str, Row] = {
     "full_gt": Row("pseudo, GT masks (`masks=gt`), full method", "pseudo", "gt", "full"),
     "full_gt_vote": Row("pseudo, GT masks, the main job's filter and scorer", "pseudo", "gt_clip", "full",
                         policy=MAIN_JOB_POLICY),
+    # the text's ceiling: the main job's masks, each with the grammar's expressions of the object it matches
+    "full_vote_oracle": Row("pseudo: the main job's masks with SynthRef's own expressions (oracle text)", "pseudo",
+                            "sam_clip", "full", policy=MAIN_JOB_POLICY, text="oracle"),
     "full_spatial": Row("pseudo: full method + spatial phrases", "pseudo", "sam_spatial", "full"),
     "full_scratch": Row("pseudo: full method, encoders from scratch (`model.pretrained=false`)", "pseudo", "sam",
                         "full", train_extra=("model.pretrained=false",), models=("cris_tiny",)),
@@ -114,6 +134,8 @@ def variant_key(row: Row) -> str:
     key = f"{row.store}_{row.variant}"
     for name, value in row.policy:
         key += f"_{name}-{value}"
+    if row.text != "captions":
+        key += f"_text-{row.text}"
     return key
 
 

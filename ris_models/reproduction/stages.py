@@ -8,6 +8,7 @@ their configs from ``conf/`` with the plan's overrides and caches what they retu
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,12 +56,29 @@ def ensure_variant(plan: Plan, row: Row) -> Path:
     """``pseudo_root`` of a row's variant dataset (written once from its store, with the row's filter policy)."""
     from pseudo_ris.evaluation.variants import write_variant_dataset
 
+    if row.text == "oracle":
+        return _ensure_oracle_text(plan, row)
     store = ensure_store(plan, row.store)
     root = plan.out_dir / "pseudo" / variant_key(row)
     info = root / "variant.json"
     if not info.is_file():
         summary = write_variant_dataset(store, row.variant, root, policy=dict(row.policy) or None)
         atomic_write_json(info, summary, indent=2)
+    return root
+
+
+def _ensure_oracle_text(plan: Plan, row: Row) -> Path:
+    """The row's caption variant (same store, variant and policy) rewritten with SynthRef's own expressions of each
+    mask's object, unmatched masks dropped: same images and masks, perfect text."""
+    from pseudo_ris.evaluation.oracle_text import write_oracle_text_dataset
+    from pseudo_ris.evaluation.quality import GroundTruth
+
+    source = ensure_variant(plan, replace(row, text="captions"))
+    root = plan.out_dir / "pseudo" / variant_key(row)
+    info = root / "variant.json"
+    if not info.is_file():
+        summary = write_oracle_text_dataset(source, "pseudo", GroundTruth.from_root(plan.data_root), root, "pseudo")
+        atomic_write_json(info, asdict(summary), indent=2)
     return root
 
 

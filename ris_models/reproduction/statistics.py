@@ -76,6 +76,11 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("full method with the main job's filter > zero-shot, CLIP stand-in ranker", "full_vote", "zero_shot_clip",
      "seen"),
     ("GT masks help the main job's labels (vs SAM masks)", "full_gt_vote", "full_vote", "seen"),
+    # the text's ceiling: with the grammar's own expressions on the same masks, could pseudo labels pass zero-shot?
+    ("oracle text on the main job's masks > zero-shot baseline (a perfect captioner's ceiling)", "full_vote_oracle",
+     "zero_shot", "seen"),
+    ("oracle text > the main job's captions (same masks: what the captioner and filter cost)", "full_vote_oracle",
+     "full_vote", "seen"),
     ("pretrained CLIP encoders help (human 100 %, vs from scratch)", "human_100", "human_100_scratch", "seen"),
     ("pretrained CLIP encoders help (full method, vs from scratch)", "full", "full_scratch", "seen"),
     ("the Swin stand-in helps (human 100 %, vs random init)", "human_100_pretrained", "human_100", "seen"),
