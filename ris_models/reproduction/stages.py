@@ -53,32 +53,28 @@ def ensure_store(plan: Plan, masks: str) -> Path:
 
 
 def ensure_variant(plan: Plan, row: Row) -> Path:
-    """``pseudo_root`` of a row's variant dataset (written once from its store, with the row's filter policy)."""
+    """``pseudo_root`` of a row's variant dataset, written once: from its store with the row's filter policy, or for
+    an oracle-text row from its caption variant (same store, variant and policy) with SynthRef's own expressions of
+    each mask's object, unmatched masks dropped: same images and masks, perfect text."""
+    from pseudo_ris.evaluation.oracle_text import write_oracle_text_dataset
+    from pseudo_ris.evaluation.quality import GroundTruth
     from pseudo_ris.evaluation.variants import write_variant_dataset
 
     if row.text == "oracle":
-        return _ensure_oracle_text(plan, row)
-    store = ensure_store(plan, row.store)
+        source = ensure_variant(plan, replace(row, text="captions"))
+
+        def write(root: Path) -> dict:
+            truth = GroundTruth.from_root(plan.data_root)
+            return asdict(write_oracle_text_dataset(source, "pseudo", truth, root, "pseudo"))
+    else:
+        store = ensure_store(plan, row.store)
+
+        def write(root: Path) -> dict:
+            return write_variant_dataset(store, row.variant, root, policy=dict(row.policy) or None)
     root = plan.out_dir / "pseudo" / variant_key(row)
     info = root / "variant.json"
     if not info.is_file():
-        summary = write_variant_dataset(store, row.variant, root, policy=dict(row.policy) or None)
-        atomic_write_json(info, summary, indent=2)
-    return root
-
-
-def _ensure_oracle_text(plan: Plan, row: Row) -> Path:
-    """The row's caption variant (same store, variant and policy) rewritten with SynthRef's own expressions of each
-    mask's object, unmatched masks dropped: same images and masks, perfect text."""
-    from pseudo_ris.evaluation.oracle_text import write_oracle_text_dataset
-    from pseudo_ris.evaluation.quality import GroundTruth
-
-    source = ensure_variant(plan, replace(row, text="captions"))
-    root = plan.out_dir / "pseudo" / variant_key(row)
-    info = root / "variant.json"
-    if not info.is_file():
-        summary = write_oracle_text_dataset(source, "pseudo", GroundTruth.from_root(plan.data_root), root, "pseudo")
-        atomic_write_json(info, asdict(summary), indent=2)
+        atomic_write_json(info, write(root), indent=2)
     return root
 
 
